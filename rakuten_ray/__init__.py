@@ -1,0 +1,1 @@
+"""rakuten-ray: a multimodal product classifier trained with Ray Train, scored with Ray Data."""

@@ -1,0 +1,175 @@
+"""The ``rakuten-ray`` command line.
+
+Schema problems in the inputs are reported before any work starts, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rakuten_ray.bundle import BundleError
+from rakuten_ray.catalog import SchemaError
+from rakuten_ray.config import ConfigError
+
+EXIT_SCHEMA_ERROR = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from rakuten_ray.synthetic import generate_catalogue
+
+    summary = generate_catalogue(args.out, rows=args.rows, test_rows=args.test_rows, seed=args.seed)
+    print(
+        f"wrote {summary.train_rows} training and {summary.test_rows} test rows to {summary.root} "
+        f"in {summary.elapsed_s:.1f}s ({summary.missing_images} without image, "
+        f"{summary.unreadable_images} unreadable)"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rakuten_ray.inspection import describe_catalogue
+
+    print(describe_catalogue(Path(args.data)))
+    return 0
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run with old outputs unless asked to replace them."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SchemaError(f"{out}: output folder is not empty (use --overwrite to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rakuten_ray.config import load_config
+    from rakuten_ray.ray_session import ensure_ray
+    from rakuten_ray.training.data import load_training_data
+    from rakuten_ray.training.protocol import run_training
+
+    config = load_config(args.config, args.set)
+    load_training_data(args.data)  # schema errors surface before any folder or cluster work
+    _prepare_out_dir(args.out, args.overwrite)
+    ensure_ray(args.address)
+    run_training(config, args.data, args.out)
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from rakuten_ray.scoring.run import run_scoring
+
+    summary = run_scoring(
+        args.bundle, args.input, args.images, args.out, engine=args.engine,
+        overwrite=args.overwrite, resume=args.resume, overrides=tuple(args.set),
+        address=args.address,
+    )  # fmt: skip
+    print(
+        f"scored {summary.rows} rows ({summary.rows_scored_now} in this run) with the "
+        f"{summary.engine} engine in {summary.seconds:.1f}s "
+        f"({summary.rows_per_second:.1f} rows/s); image status: {summary.image_status_counts}"
+    )
+    print(f"predictions: {args.out / 'predictions'}  submission: {args.out / 'submission.csv'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rakuten_ray.evaluation import evaluate_predictions
+
+    metrics = evaluate_predictions(args.predictions, args.labels, args.out, args.run)
+    final = metrics["final"]
+    print(
+        f"weighted F1 {final['weighted_f1']:.4f}, accuracy {final['accuracy']:.4f}, "
+        f"log loss {final['log_loss']:.4f}, ECE {final['ece']:.4f} on {final['rows']} rows"
+    )
+    print(f"report: {args.out / 'index.html'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rakuten_ray.demo import run_demo
+
+    run_demo(Path(args.workdir), rows=args.rows, test_rows=args.test_rows, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per job step."""
+    parser = argparse.ArgumentParser(
+        prog="rakuten-ray", description="Multimodal product classifier for the Rakuten catalogue."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo_data = commands.add_parser("demo-data", help="write a synthetic catalogue (raw layout)")
+    demo_data.add_argument("--out", required=True, type=Path, help="output folder")
+    demo_data.add_argument("--rows", type=int, default=6000, help="labelled training rows")
+    demo_data.add_argument("--test-rows", type=int, default=1000, help="test rows")
+    demo_data.add_argument("--seed", type=int, default=0)
+    demo_data.set_defaults(handler=_cmd_demo_data)
+
+    inspect = commands.add_parser("inspect", help="check a catalogue folder and summarise it")
+    inspect.add_argument("--data", required=True, type=Path, help="folder in the raw layout")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    train = commands.add_parser("train", help="run the whole training protocol")
+    train.add_argument("--config", required=True, type=Path, help="YAML run config")
+    train.add_argument("--data", required=True, type=Path, help="labelled catalogue (raw layout)")
+    train.add_argument("--out", required=True, type=Path, help="run folder (bundle goes inside)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. text_models.minilm.train.epochs=1",
+    )  # fmt: skip
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    train.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    train.set_defaults(handler=_cmd_train)
+
+    score = commands.add_parser("score", help="score a catalogue with a model bundle")
+    score.add_argument("--bundle", required=True, type=Path, help="sealed model bundle")
+    score.add_argument("--input", required=True, type=Path, help="CSV/Parquet file or folder")
+    score.add_argument("--images", required=True, type=Path, help="folder of product images")
+    score.add_argument("--out", required=True, type=Path, help="output folder")
+    score.add_argument("--engine", choices=["ray", "local"], default="ray")
+    score.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    score.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    score.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a scoring key, e.g. scoring.image.pool_size=2",
+    )  # fmt: skip
+    score.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    score.set_defaults(handler=_cmd_score)
+
+    evaluate = commands.add_parser("evaluate", help="metrics and a report for predictions")
+    evaluate.add_argument("--predictions", required=True, type=Path, help="scoring output")
+    evaluate.add_argument("--labels", required=True, type=Path, help="Y file with prdtypecode")
+    evaluate.add_argument("--out", required=True, type=Path, help="report folder")
+    evaluate.add_argument("--run", type=Path, help="training run, for calibration diagrams")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="run the main job on the embedded default")
+    demo.add_argument("--workdir", type=Path, default=Path("demo_run"), help="working folder")
+    demo.add_argument("--rows", type=int, default=6000, help="labelled demo rows")
+    demo.add_argument("--test-rows", type=int, default=1000, help="demo rows to score")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (SchemaError, ConfigError, BundleError) as exc:
+        print(f"rakuten-ray: input error: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

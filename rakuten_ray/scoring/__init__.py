@@ -1,0 +1,1 @@
+"""Batch scoring: stages, the in-process engine and the Ray Data engine."""

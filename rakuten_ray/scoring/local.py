@@ -1,0 +1,65 @@
+"""The in-process engine: the three stages called one after the other on batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, empty_output
+
+DEFAULT_BATCH_ROWS = 256
+
+
+class FinalPipeline:
+    """Scores products with a model bundle, in this process.
+
+    Args:
+        bundle_dir: a sealed bundle; it is verified before any model loads.
+        batch_size: rows per batch through the stages.
+        num_threads: torch threads (default: torch's own choice).
+    """
+
+    def __init__(
+        self, bundle_dir: str | Path, batch_size: int = DEFAULT_BATCH_ROWS,
+        num_threads: int | None = None,
+    ) -> None:  # fmt: skip
+        self.bundle_dir = str(bundle_dir)
+        self.batch_size = batch_size
+        self.text = TextStage(self.bundle_dir, num_threads)
+        self.fusion = FusionStage(self.bundle_dir)
+        self.num_threads = num_threads
+        self._image: dict[str, ImageStage] = {}
+
+    def _image_stage(self, image_dir: str) -> ImageStage:
+        if image_dir not in self._image:
+            self._image[image_dir] = ImageStage(self.bundle_dir, image_dir, self.num_threads)
+        return self._image[image_dir]
+
+    def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:
+        """One output row per input row, in input order.
+
+        Args:
+            products: rows with ``designation``, ``description``, ``productid``, ``imageid``;
+                their index is carried to the output's ``index`` column and their position
+                to ``row`` (unless the frame already has these columns, as staged inputs do).
+            image_dir: folder of ``image_{imageid}_product_{productid}.jpg`` files.
+        """
+        if INDEX_COLUMN not in products.columns:
+            products = products.rename_axis(INDEX_COLUMN).reset_index()
+        if ROW_COLUMN not in products.columns:
+            products = products.assign(**{ROW_COLUMN: np.arange(len(products))})
+        if products.empty:
+            return empty_output()
+        images = self._image_stage(str(image_dir))
+        parts = [
+            self.fusion(images(self.text(products.iloc[start : start + self.batch_size])))
+            for start in range(0, len(products), self.batch_size)
+        ]
+        return pd.concat(parts, ignore_index=True)
+
+    def predict_labels(self, products: pd.DataFrame, image_dir: str | Path) -> np.ndarray:
+        """Final ``prdtypecode`` of each row, in input order."""
+        return self.predict(products, image_dir)["prdtypecode"].to_numpy()

@@ -1,0 +1,86 @@
+"""The Ray Data engine: staged shards -> text, image and fusion actor pools -> Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from rakuten_ray.config import ScoringParams, StagePool
+from rakuten_ray.scoring.rows import ROW_COLUMN
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+
+
+def _pool_args(pool: StagePool) -> dict:
+    import ray.data
+
+    return {
+        "compute": ray.data.ActorPoolStrategy(size=pool.pool_size),
+        "num_cpus": pool.num_cpus,
+        "num_gpus": pool.num_gpus,
+        "batch_size": pool.batch_size,
+        "batch_format": "pandas",
+    }
+
+
+def _threads(pool: StagePool) -> int:
+    return max(1, int(pool.num_cpus))
+
+
+class _SkipDone:
+    """Drops rows whose ``row`` already has a prediction (resuming an interrupted run)."""
+
+    def __init__(self, done_rows: frozenset[int]) -> None:
+        self.done_rows = done_rows
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return batch[~batch[ROW_COLUMN].isin(self.done_rows)]
+
+
+def score_with_ray(
+    bundle_dir: Path,
+    shards: list[Path],
+    image_dir: Path,
+    out_dir: Path,
+    scoring: ScoringParams,
+    done_rows: frozenset[int] = frozenset(),
+) -> None:
+    """Stream the staged shards through the three actor pools into ``out_dir``.
+
+    Args:
+        bundle_dir: the sealed bundle (each actor verifies it before loading models).
+        shards: staged input Parquet files.
+        image_dir: folder of the product images (a path every node can read).
+        out_dir: Parquet output folder; files hold at most ``rows_per_output_file`` rows.
+        scoring: pool sizes, batch sizes and resources per stage.
+        done_rows: rows already scored by an interrupted run, skipped here.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = True
+    dataset = ray.data.read_parquet([str(p) for p in shards])
+    if done_rows:
+        dataset = dataset.map_batches(
+            _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25,
+        )  # fmt: skip
+    bundle = str(bundle_dir)
+    dataset = dataset.map_batches(
+        TextStage,
+        fn_constructor_kwargs={"bundle_dir": bundle, "num_threads": _threads(scoring.text)},
+        **_pool_args(scoring.text),
+    )
+    dataset = dataset.map_batches(
+        ImageStage,
+        fn_constructor_kwargs={
+            "bundle_dir": bundle,
+            "image_dir": str(image_dir),
+            "num_threads": _threads(scoring.image),
+        },
+        **_pool_args(scoring.image),
+    )
+    dataset = dataset.map_batches(
+        FusionStage, fn_constructor_kwargs={"bundle_dir": bundle}, **_pool_args(scoring.fusion)
+    )
+    dataset.write_parquet(str(out_dir), max_rows_per_file=scoring.rows_per_output_file)

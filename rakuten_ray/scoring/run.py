@@ -1,0 +1,168 @@
+"""A whole scoring run: checks, staging, one engine, then the submission and a summary.
+
+Every input row gets exactly one output row. The run refuses to start on a missing column,
+an unverifiable bundle or a non-empty output folder (unless ``overwrite`` or ``resume``); a
+resumed run scores only the rows that have no prediction yet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from rakuten_ray.bundle import CONFIG_FILE, load_bundle
+from rakuten_ray.catalog import SchemaError
+from rakuten_ray.config import load_config
+from rakuten_ray.scoring.rows import (
+    INDEX_COLUMN,
+    ROW_COLUMN,
+    check_headers,
+    input_files,
+    stage_inputs,
+)
+
+Engine = Literal["ray", "local"]
+PREDICTIONS_DIR = "predictions"
+STAGING_DIR = "staging"
+SUBMISSION_FILE = "submission.csv"
+SUMMARY_FILE = "summary.json"
+#: Rows per staged shard: one read task each in the Ray engine, one write in the local one.
+ROWS_PER_SHARD = 50_000
+
+
+@dataclass(frozen=True)
+class ScoringSummary:
+    """What a finished run did."""
+
+    rows: int
+    rows_scored_now: int
+    seconds: float
+    engine: str
+    image_status_counts: dict[str, int]
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_scored_now / self.seconds if self.seconds else 0.0
+
+
+def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise SchemaError(
+                f"{out}: output folder is not empty (use --overwrite to replace it, or --resume "
+                "to finish an interrupted run)"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def done_rows(predictions: Path) -> frozenset[int]:
+    """Rows already predicted; unreadable (partly written) files are removed first."""
+    rows: set[int] = set()
+    if not predictions.is_dir():
+        return frozenset()
+    for path in sorted(predictions.glob("*.parquet")):
+        try:
+            values = pq.read_table(path, columns=[ROW_COLUMN]).column(0).to_pylist()
+        except (OSError, ValueError):  # pyarrow raises ArrowInvalid (a ValueError) on a torn file
+            path.unlink()
+            continue
+        rows.update(values)
+    return frozenset(rows)
+
+
+def _score_locally(
+    bundle_dir: Path, shards: list[Path], image_dir: Path, predictions: Path, skip: frozenset[int]
+) -> None:
+    from rakuten_ray.scoring.local import FinalPipeline
+
+    pipeline = FinalPipeline(bundle_dir)
+    for shard in shards:
+        frame = pd.read_parquet(shard)
+        frame = frame[~frame[ROW_COLUMN].isin(skip)]
+        if frame.empty:
+            continue
+        output = pipeline.predict(frame, image_dir)
+        # Write then rename, so an interrupted run never leaves a torn file behind.
+        partial = predictions / f".{shard.stem}.parquet.tmp"
+        output.to_parquet(partial, index=False)
+        partial.rename(predictions / f"local-{shard.stem}-{int(frame[ROW_COLUMN].iloc[0])}.parquet")
+
+
+def _finish(out: Path, total_rows: int) -> dict[str, int]:
+    """Check one prediction per row, write the submission in input order; status counts."""
+    table = pd.read_parquet(
+        out / PREDICTIONS_DIR, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
+    )
+    duplicated = int(table[ROW_COLUMN].duplicated().sum())
+    if duplicated or len(table) != total_rows:
+        raise RuntimeError(
+            f"{out}: {len(table)} predictions for {total_rows} input rows ({duplicated} repeated)"
+        )
+    table = table.sort_values(ROW_COLUMN)
+    submission = pd.DataFrame(
+        {"prdtypecode": table["prdtypecode"].to_numpy()}, index=table[INDEX_COLUMN].to_numpy()
+    )
+    submission.to_csv(out / SUBMISSION_FILE)
+    return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
+
+
+def run_scoring(
+    bundle_dir: Path,
+    source: Path,
+    image_dir: Path,
+    out: Path,
+    engine: Engine = "ray",
+    overwrite: bool = False,
+    resume: bool = False,
+    overrides: tuple[str, ...] = (),
+    address: str | None = None,
+) -> ScoringSummary:
+    """Score every row of ``source`` (a CSV or Parquet file, or a folder of them).
+
+    Raises:
+        SchemaError: a missing column, no input, or a non-empty ``out`` (before any work).
+        BundleError: the bundle does not match its manifest.
+    """
+    files = input_files(source)
+    check_headers(files)
+    load_bundle(bundle_dir)
+    scoring = load_config(Path(bundle_dir) / CONFIG_FILE, overrides).scoring
+    _prepare_out(out, overwrite, resume)
+    started = time.perf_counter()
+    staging, predictions = out / STAGING_DIR, out / PREDICTIONS_DIR
+    if staging.exists():
+        shutil.rmtree(staging)
+    total = stage_inputs(files, staging, ROWS_PER_SHARD)
+    predictions.mkdir(exist_ok=True)
+    skip = done_rows(predictions) if resume else frozenset()
+    shards = sorted(staging.glob("shard-*.parquet"))
+    if len(skip) < total:
+        if engine == "local":
+            _score_locally(Path(bundle_dir), shards, image_dir, predictions, skip)
+        else:
+            from rakuten_ray.ray_session import ensure_ray
+            from rakuten_ray.scoring.ray_pipeline import score_with_ray
+
+            ensure_ray(address)
+            score_with_ray(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
+    counts = _finish(out, total)
+    shutil.rmtree(staging)
+    summary = ScoringSummary(
+        rows=total,
+        rows_scored_now=total - len(skip),
+        seconds=time.perf_counter() - started,
+        engine=engine,
+        image_status_counts=counts,
+    )
+    (out / SUMMARY_FILE).write_text(
+        json.dumps({**summary.__dict__, "rows_per_second": summary.rows_per_second}, indent=1)
+    )
+    return summary

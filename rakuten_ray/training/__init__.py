@@ -1,0 +1,1 @@
+"""Training: the Ray Train loop, base models and the whole protocol."""

@@ -1,0 +1,84 @@
+"""The labelled rows a training run reads, with the image path of each row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rakuten_ray.catalog import (
+    LABEL_COLUMN,
+    CatalogueDir,
+    SchemaError,
+    codes_to_indices,
+    image_path,
+    join_labels,
+    read_labels,
+    read_products,
+)
+from rakuten_ray.text import prepare_texts
+
+#: Optional extra files of labelled rows whose text is unavailable: image-model training only.
+X_IMAGES_ONLY_FILE = "X_images_only.csv"
+Y_IMAGES_ONLY_FILE = "Y_images_only.csv"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Labelled catalogue rows, and optional image-only rows for the image models."""
+
+    labelled: pd.DataFrame
+    images_only: pd.DataFrame
+
+
+def with_image_paths(products: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
+    """Add an ``image_path`` column (absolute, built from the integer ids)."""
+    out = products.copy()
+    folder = image_dir.resolve()
+    out["image_path"] = [
+        str(image_path(folder, i, p)) for i, p in zip(out["imageid"], out["productid"], strict=True)
+    ]
+    return out
+
+
+def load_training_data(data_dir: Path) -> TrainingData:
+    """Read and check the raw layout in ``data_dir`` before any training starts.
+
+    Raises:
+        SchemaError: a file is missing or malformed, or image-only rows reuse a row index.
+    """
+    catalogue = CatalogueDir(data_dir)
+    labelled = with_image_paths(catalogue.labelled(), catalogue.image_dir("train"))
+    x_extra, y_extra = data_dir / X_IMAGES_ONLY_FILE, data_dir / Y_IMAGES_ONLY_FILE
+    if x_extra.is_file() and y_extra.is_file():
+        extra = join_labels(read_products(x_extra), read_labels(y_extra), y_extra)
+        clash = extra.index.intersection(labelled.index)
+        if len(clash):
+            raise SchemaError(f"{x_extra}: row index reused from the main file: {list(clash[:5])}")
+        images_only = with_image_paths(extra, catalogue.image_dir("train"))
+    else:
+        images_only = labelled.iloc[:0]
+    return TrainingData(labelled=labelled, images_only=images_only)
+
+
+def text_table(rows: pd.DataFrame, template: str) -> pd.DataFrame:
+    """Rows as a text model's training table: rendered ``text`` and class ``label``."""
+    return pd.DataFrame(
+        {
+            "text": prepare_texts(rows["designation"], rows["description"], template),
+            "label": codes_to_indices(rows[LABEL_COLUMN]),
+        },
+        index=rows.index,
+    )
+
+
+def image_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose image file exists, as an image model's table: ``path`` and ``label``."""
+    present = np.array([Path(p).is_file() for p in rows["image_path"]], dtype=bool)
+    kept = rows[present]
+    return pd.DataFrame(
+        {"path": kept["image_path"].to_numpy(), "label": codes_to_indices(kept[LABEL_COLUMN])},
+        index=kept.index,
+    )

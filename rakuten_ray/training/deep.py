@@ -1,0 +1,104 @@
+"""Driving Ray Train for one deep base model and collecting what fusion needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rakuten_ray.config import ModelSpec, Scaling
+from rakuten_ray.training.loop import HISTORY_FILE, MONITOR, TRAIN_STATE_FILE, train_loop_per_worker
+
+#: Checkpoints kept per run: the best by validation log loss, and the latest to resume from.
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class DeepFitResult:
+    """A fine-tuned model folder (best epoch) and the per-epoch metrics."""
+
+    model_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+
+
+def scaling_config(scaling: Scaling) -> Any:
+    """Ray Train's ``ScalingConfig`` for a model's scaling section."""
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = max(scaling.gpus_per_worker, 1.0)
+    return ScalingConfig(
+        num_workers=scaling.num_workers,
+        use_gpu=scaling.use_gpu,
+        resources_per_worker=resources,
+    )
+
+
+def build_trainer(
+    spec: ModelSpec, train_table: Path, val_table: Path, storage: Path, seed: int
+) -> Any:
+    """A ``TorchTrainer`` for ``spec``; re-creating it with the same storage resumes the run."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": dataclasses.asdict(spec),
+            "train_table": str(train_table.resolve()),
+            "val_table": str(val_table.resolve()),
+            "seed": seed,
+        },
+        scaling_config=scaling_config(spec.scaling),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=str(storage.resolve()),
+            failure_config=FailureConfig(max_failures=spec.scaling.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=CHECKPOINTS_KEPT,
+                checkpoint_score_attribute=MONITOR,
+                checkpoint_score_order="min",
+            ),
+        ),
+    )
+
+
+def fit_deep_model(
+    spec: ModelSpec, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
+) -> DeepFitResult:
+    """Fine-tune ``spec`` with Ray Train and copy its best checkpoint to ``work_dir/model``.
+
+    Args:
+        spec: a ``hf_text`` or ``timm_image`` model.
+        train: training rows with ``label`` and ``text`` or ``path``.
+        val: validation rows, same columns (early stopping and checkpoint choice).
+        work_dir: this model's folder inside the run.
+        seed: torch seed of every worker.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tables = {}
+    for name, table in (("train", train), ("val", val)):
+        tables[name] = work_dir / f"{name}_rows.parquet"
+        table.to_parquet(tables[name])
+    trainer = build_trainer(spec, tables["train"], tables["val"], work_dir / "ray_train", seed)
+    result = trainer.fit()
+    best = result.get_best_checkpoint(MONITOR, "min")
+    model_dir = work_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    with best.as_directory() as folder:
+        shutil.copytree(folder, model_dir, ignore=shutil.ignore_patterns(TRAIN_STATE_FILE))
+    with result.checkpoint.as_directory() as latest:
+        history = json.loads((Path(latest) / HISTORY_FILE).read_text())
+    best_epoch = min(history, key=lambda h: h[MONITOR])["epoch"]
+    (model_dir / HISTORY_FILE).unlink()
+    for name in tables:
+        tables[name].unlink()
+    return DeepFitResult(model_dir=model_dir, history=history, best_epoch=int(best_epoch))

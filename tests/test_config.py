@@ -1,0 +1,88 @@
+"""Config loading: validation names the offending key; overrides; the resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rakuten_ray.cli import main
+from rakuten_ray.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(CONFIGS / name)
+    kinds = {spec.kind for spec in config.models()}
+    assert kinds == {"tfidf_svm", "hf_text", "timm_image"}
+
+
+def test_production_names_the_original_models() -> None:
+    config = load_config(CONFIGS / "production.yaml")
+    models = {spec.model for spec in config.models()}
+    assert {"almanach/camembert-large", "xlm-roberta-base"} <= models
+    assert {"convnext_base.fb_in22k_ft_in1k_384", "swin_base_patch4_window7_224"} <= models
+    assert all(s.max_length == 384 for s in config.text_models if s.kind == "hf_text")
+    assert all(s.scaling.use_gpu and s.scaling.bf16 for s in config.image_models)
+
+
+def write_config(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key"),
+    [
+        (
+            lambda d: d["image_models"][0]["train"].update(epochz=3),
+            "image_models[effnet_lite0].train.epochz",
+        ),
+        (
+            lambda d: d["text_models"][1]["train"].update(epochs="two"),
+            "text_models[minilm].train.epochs",
+        ),
+        (lambda d: d["text_models"][1].update(kind="bert"), "text_models[minilm].kind"),
+        (lambda d: d["fusion"].update(stack_C=True), "fusion.stack_C"),
+        (lambda d: d.update(colour="red"), "colour"),
+        (lambda d: d["text_models"][1].pop("name"), "name"),
+        (lambda d: d["text_models"].append(dict(d["text_models"][0])), "duplicate model name"),
+    ],
+)
+def test_validation_names_the_key(tmp_path: Path, mutate, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write_config(tmp_path, mutate))
+
+
+def test_overrides_by_dotted_key_and_model_name() -> None:
+    config = load_config(
+        CONFIGS / "demo.yaml",
+        ["text_models.minilm.train.epochs=1", "fusion.blend=optimal", "seed=7"],
+    )
+    assert config.text_models[1].train.epochs == 1
+    assert config.fusion.blend == "optimal" and config.seed == 7
+    with pytest.raises(ConfigError, match="no model named 'nope'"):
+        load_config(CONFIGS / "demo.yaml", ["text_models.nope.train.epochs=1"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(CONFIGS / "demo.yaml", ["text_models.minilm.train.epochs=1.5"])
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(CONFIGS / "demo.yaml", ["image_models.effnet_lite1.image_size=96"])
+    config.save(tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_cli_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, lambda d: d["fusion"].update(blend="median"))
+    status = main(
+        ["train", "--config", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    )
+    assert status == 2
+    assert "fusion.blend" in capsys.readouterr().err
