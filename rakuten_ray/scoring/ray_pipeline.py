@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,11 @@ import pandas as pd
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.scoring.rows import ROW_COLUMN
 from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+
+logger = logging.getLogger(__name__)
+
+#: CPUs reserved by each read or write task.
+IO_CPUS = 0.1
 
 
 def _pool_args(pool: StagePool) -> dict:
@@ -24,7 +31,22 @@ def _pool_args(pool: StagePool) -> dict:
 
 
 def _threads(pool: StagePool) -> int:
-    return max(1, int(pool.num_cpus))
+    return max(1, math.ceil(pool.num_cpus))
+
+
+def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
+    """Pools that hold every CPU leave none for reading and writing: the run would stall."""
+    import ray
+
+    pools = (scoring.text, scoring.image, scoring.fusion)
+    wanted = sum(pool.pool_size * pool.num_cpus for pool in pools) + 2 * IO_CPUS
+    available = ray.cluster_resources().get("CPU", 0.0)
+    if wanted > available:
+        logger.warning(
+            "scoring pools ask for %.2f CPUs (reads and writes included) but the cluster has "
+            "%.2f now: the run waits for the cluster to grow; lower scoring.*.num_cpus or "
+            "pool_size if it cannot", wanted, available,
+        )  # fmt: skip
 
 
 class _SkipDone:
@@ -59,11 +81,18 @@ def score_with_ray(
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = True
-    dataset = ray.data.read_parquet([str(p) for p in shards])
+    # The V2 Parquet reader adds a file-listing step that always asks for a whole CPU; on a
+    # node whose CPUs the actor pools already hold, it never starts. The V1 reader honours
+    # the read's own resource request.
+    context.use_datasource_v2 = False
+    # Reading and writing are light next to the models: they get a sliver of a CPU so that the
+    # actor pools can hold the rest of a small machine without starving them.
+    _warn_if_pools_exceed_cluster(scoring)
+    dataset = ray.data.read_parquet([str(p) for p in shards], num_cpus=IO_CPUS)
     if done_rows:
         dataset = dataset.map_batches(
             _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25,
+            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=IO_CPUS,
         )  # fmt: skip
     bundle = str(bundle_dir)
     dataset = dataset.map_batches(
@@ -83,4 +112,8 @@ def score_with_ray(
     dataset = dataset.map_batches(
         FusionStage, fn_constructor_kwargs={"bundle_dir": bundle}, **_pool_args(scoring.fusion)
     )
-    dataset.write_parquet(str(out_dir), max_rows_per_file=scoring.rows_per_output_file)
+    dataset.write_parquet(
+        str(out_dir),
+        max_rows_per_file=scoring.rows_per_output_file,
+        ray_remote_args={"num_cpus": IO_CPUS},
+    )
