@@ -63,12 +63,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from rakuten_ray.scoring.run import run_scoring
+    from rakuten_ray.scoring.run import ROWS_PER_SHARD, run_scoring
 
+    shard_rows = ROWS_PER_SHARD if args.rows_per_shard is None else args.rows_per_shard
+    if shard_rows < 1:
+        raise SchemaError(f"--rows-per-shard must be at least 1, not {shard_rows}")
     summary = run_scoring(
         args.bundle, args.input, args.images, args.out, engine=args.engine,
         overwrite=args.overwrite, resume=args.resume, overrides=tuple(args.set),
-        address=args.address,
+        address=args.address, rows_per_shard=shard_rows,
     )  # fmt: skip
     print(
         f"scored {summary.rows} rows ({summary.rows_scored_now} in this run) with the "
@@ -95,7 +98,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rakuten_ray.demo import run_demo
 
-    run_demo(Path(args.workdir), rows=args.rows, test_rows=args.test_rows, seed=args.seed)
+    run_demo(args.workdir, args.rows, args.test_rows, args.seed, tuple(args.set))
     return 0
 
 
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a scoring key, e.g. scoring.image.pool_size=2",
     )  # fmt: skip
     score.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    score.add_argument("--rows-per-shard", type=int, default=None, help=argparse.SUPPRESS)
     score.set_defaults(handler=_cmd_score)
 
     evaluate = commands.add_parser("evaluate", help="metrics and a report for predictions")
@@ -156,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=6000, help="labelled demo rows")
     demo.add_argument("--test-rows", type=int, default=1000, help="demo rows to score")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of configs/demo.yaml, e.g. text_models.minilm.train.epochs=1",
+    )  # fmt: skip
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

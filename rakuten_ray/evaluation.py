@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
 
 
 def calibration_curves(run_dir: Path, temperatures: dict[str, float]) -> dict[str, Any]:
-    """Before/after-temperature probabilities of each deep model on a run's held-out rows."""
+    """Before/after-temperature probabilities of each base model on a run's held-out rows."""
     labels = pd.read_parquet(run_dir / HELDOUT_LABELS_FILE)["label"]
     curves = {}
     for name, temperature in temperatures.items():
@@ -101,10 +102,19 @@ def calibration_curves(run_dir: Path, temperatures: dict[str, float]) -> dict[st
     return curves
 
 
-def evaluate_predictions(
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics, per-class table and figures (PNG files by caption) of one evaluation."""
+
+    metrics: dict[str, Any]
+    per_class: pd.DataFrame
+    figures: dict[str, Path]
+
+
+def compute_evaluation(
     predictions: Path, labels_csv: Path, out_dir: Path, run_dir: Path | None = None
-) -> dict[str, Any]:
-    """Write ``metrics.json``, ``per_class.csv``, plots and ``index.html`` into ``out_dir``.
+) -> Evaluation:
+    """Join predictions with labels; write ``metrics.json``, ``per_class.csv`` and plots.
 
     Args:
         predictions: a scoring output folder (holding ``predictions/``) or the Parquet folder.
@@ -123,26 +133,23 @@ def evaluate_predictions(
     y_pred = probs.argmax(axis=1)
     with_image = (table["image_status"] == "ok").to_numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
+    text_codes = codes_to_indices(table["text_prdtypecode"].to_numpy())
     metrics: dict[str, Any] = {
         "final": classification_summary(probs, y_true),
         "rows_with_image": int(with_image.sum()),
         "rows_without_image": int((~with_image).sum()),
-        "text_only_label": {
-            "weighted_f1": weighted_f1(
-                y_true, codes_to_indices(table["text_prdtypecode"].to_numpy())
-            )
-        },
+        "text_label_weighted_f1": weighted_f1(y_true, text_codes),
     }
     if with_image.any():
+        image_codes = table["image_prdtypecode"].to_numpy()[with_image].astype(np.int64)
         metrics["final_rows_with_image"] = classification_summary(
             probs[with_image], y_true[with_image]
         )
-        image_codes = table["image_prdtypecode"].to_numpy()[with_image].astype(np.int64)
-        metrics["image_only_label_rows_with_image"] = {
-            "weighted_f1": weighted_f1(y_true[with_image], codes_to_indices(image_codes))
-        }
-    report = per_class_report(y_true, y_pred)
-    report.to_csv(out_dir / "per_class.csv", index=False)
+        metrics["image_label_weighted_f1_rows_with_image"] = weighted_f1(
+            y_true[with_image], codes_to_indices(image_codes)
+        )
+    per_class = per_class_report(y_true, y_pred)
+    per_class.to_csv(out_dir / "per_class.csv", index=False)
     figures = {
         "Confusion matrix": plot_confusion(y_true, y_pred, out_dir / "confusion_matrix.png"),
         "Reliability of the final probabilities": plot_reliability(
@@ -150,21 +157,25 @@ def evaluate_predictions(
         ),
     }
     if run_dir is not None:
-        for name, curves in calibration_curves(run_dir, _deep_temperatures(run_dir)).items():
+        for name, curves in calibration_curves(run_dir, _temperatures(run_dir)).items():
             caption = f"Reliability of {name} before and after temperature scaling"
             figures[caption] = plot_reliability(curves, name, out_dir / f"reliability_{name}.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    write_html_report(out_dir / "index.html", "Evaluation", metrics, report, figures)
-    return metrics
+    return Evaluation(metrics=metrics, per_class=per_class, figures=figures)
 
 
-def _deep_temperatures(run_dir: Path) -> dict[str, float]:
+def evaluate_predictions(
+    predictions: Path, labels_csv: Path, out_dir: Path, run_dir: Path | None = None
+) -> dict[str, Any]:
+    """:func:`compute_evaluation`, then ``index.html``; returns the metrics."""
+    evaluation = compute_evaluation(predictions, labels_csv, out_dir, run_dir)
+    write_html_report(out_dir / "index.html", "Evaluation", evaluation)
+    return evaluation.metrics
+
+
+def _temperatures(run_dir: Path) -> dict[str, float]:
     fusion = FusionState.from_json((run_dir / "bundle" / FUSION_FILE).read_text())
-    return {
-        m.name: m.temperature
-        for m in [*fusion.text_models, *fusion.image_models]
-        if m.kind != "tfidf_svm"
-    }
+    return {m.name: m.temperature for m in [*fusion.text_models, *fusion.image_models]}
 
 
 def _img(path: Path) -> str:
@@ -173,18 +184,13 @@ def _img(path: Path) -> str:
 
 
 def write_html_report(
-    path: Path,
-    title: str,
-    metrics: dict[str, Any],
-    per_class: pd.DataFrame,
-    figures: dict[str, Path],
-    sections: list[str] | None = None,
+    path: Path, title: str, evaluation: Evaluation, sections: list[str] | None = None
 ) -> Path:
     """A self-contained page (images inlined) with metrics, extra sections and figures."""
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-        "text-align:right}th{background:#f2f2f2}td:nth-child(2){text-align:left}"
+        "text-align:right}th{background:#f2f2f2}td:first-child,td:nth-child(2){text-align:left}"
         "figure{display:inline-block;margin:1em}img{max-width:520px}"
     )
     parts = [
@@ -192,11 +198,12 @@ def write_html_report(
     ]
     parts.append(f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>")
     parts.extend(sections or [])
-    parts.append("<h2>Metrics</h2><pre>" + html.escape(json.dumps(metrics, indent=1)) + "</pre>")
+    metrics = html.escape(json.dumps(evaluation.metrics, indent=1))
+    parts.append(f"<h2>Metrics</h2><pre>{metrics}</pre>")
     parts.append("<h2>Per-class F1</h2>")
-    parts.append(per_class.to_html(index=False, float_format=lambda v: f"{v:.3f}"))
+    parts.append(evaluation.per_class.to_html(index=False, float_format=lambda v: f"{v:.3f}"))
     parts.append("<h2>Figures</h2>")
-    for caption, figure in figures.items():
+    for caption, figure in evaluation.figures.items():
         parts.append(
             f"<figure>{_img(figure)}<figcaption>{html.escape(caption)}</figcaption></figure>"
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
@@ -31,6 +32,11 @@ PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
     ),
 }
 SETTINGS_FILE = "text_model.json"
+
+# Every Ray Train worker and scoring actor loads a model: the per-load report and progress
+# bars would repeat in the logs of each of them.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
 
 
 def resolve_text_source(source: str) -> str:

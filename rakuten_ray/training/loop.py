@@ -127,7 +127,7 @@ def _train_one_epoch(
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
         optimizer.step()
         scheduler.step()
-        total += float(per_row.sum())
+        total += float(per_row.detach().sum())
         weight_sum += float(weights.sum())
     return total / max(weight_sum, 1.0)
 
