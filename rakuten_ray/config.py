@@ -100,6 +100,10 @@ class FusionParams:
     """Calibration, blending and stacking."""
 
     blend: Literal["inverse_log_loss", "optimal"] = "inverse_log_loss"
+    #: ``logistic``: multinomial logistic regression on the probability blocks (27 x 55
+    #: parameters with images); ``pooled``: one weight per block and a bias per class;
+    #: ``auto``: whichever has the lower cross-fitted log loss on the held-out rows.
+    stack: Literal["auto", "logistic", "pooled"] = "auto"
     stack_C: float = 1.0
     cv_folds: int = 5
 

@@ -57,7 +57,7 @@ def metrics_rows(train_metrics: dict[str, Any], test_metrics: dict[str, Any]) ->
         rows.append(_row(f"{name} ({model['kind']})", model["internal_test"], before))
     for name, blend in train_metrics["blends"].items():
         rows.append(_row(f"{name} blend", blend["internal_test"]))
-    rows.append(_row("stack (cross-fitted, held-out rows)", train_metrics["stack"]["final"]))
+    rows.append(_row("stack (cross-fitted)", train_metrics["stack"]["final_internal_test"]))
     rows.append(_row("stack on the demo test rows", test_metrics["final"]))
     return rows
 
@@ -97,8 +97,9 @@ def html_sections(
     total = without + test_metrics["rows_with_image"]
     return [
         "<h2>Models, blends and stack</h2>",
-        "<p>Base models and blends: internal-test rows (never trained on). Stack: out-of-fold "
-        "predictions on the held-out rows, then the demo test rows scored by the Ray engine.</p>",
+        "<p>Base models, blends and the cross-fitted stack: internal-test rows (never trained "
+        "on; the stack's rows predicted out of fold). Then the demo's own test rows, scored "
+        "by the Ray engine with the sealed bundle.</p>",
         html_table(HEADER, table),
         "<h2>Calibration and blending</h2>",
         html_table(["model", "temperature", "blend weight"], fusion),

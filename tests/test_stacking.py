@@ -13,10 +13,12 @@ from threadpoolctl import threadpool_limits
 
 from rakuten_ray.catalog import NUM_CLASSES
 from rakuten_ray.fusion.stacking import (
+    PooledMetaModel,
     StackingMetaModel,
     concat_blocks,
     cross_fit_folds,
     cross_fitted_stack_probs,
+    load_meta_model,
 )
 from rakuten_ray.metrics import accuracy, log_loss, softmax
 from rakuten_ray.safe_io import UntrustedContentError
@@ -142,7 +144,9 @@ def test_folds_cover_every_row_once(counts: dict[int, int], n_splits: int) -> No
 def test_cross_fitted_probs_are_out_of_fold() -> None:
     text, image, y = two_modalities(1_000, seed=5)
     y[:2] = 26  # a class with fewer members than folds
-    oof = cross_fitted_stack_probs([text, image], y, C=1.0, n_splits=5, seed=42)
+    oof = cross_fitted_stack_probs(
+        [text, image], y, lambda: StackingMetaModel(C=1.0), n_splits=5, seed=42
+    )
     assert oof.shape == (1_000, K)
     np.testing.assert_allclose(oof.sum(axis=1), 1.0, atol=1e-12)
     # Rebuild one fold by hand: its rows come from a model fitted on the other folds only.
@@ -160,7 +164,7 @@ def test_skops_round_trip(tmp_path: Path) -> None:
     model, X = fitted_model()
     path = tmp_path / "meta.skops"
     model.save(path)
-    loaded = StackingMetaModel.load(path)
+    loaded = load_meta_model(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
     assert loaded.get_params() == model.get_params()
 
@@ -175,7 +179,7 @@ def test_untrusted_type_refused(tmp_path: Path) -> None:
     path = tmp_path / "tampered.skops"
     model.save(path)
     with pytest.raises(UntrustedContentError, match="Intruder"):
-        StackingMetaModel.load(path)
+        load_meta_model(path)
 
 
 def test_unexpected_estimator_refused(tmp_path: Path) -> None:
@@ -188,8 +192,29 @@ def test_unexpected_estimator_refused(tmp_path: Path) -> None:
         "rakuten_ray.fusion.stacking.StackingMetaModel"
     ]
     with pytest.raises(TypeError, match="found RidgeClassifier"):
-        StackingMetaModel.load(swapped)
+        load_meta_model(swapped)
     bare = tmp_path / "bare.skops"
     skops.io.dump(LogisticRegression(), bare)
-    with pytest.raises(TypeError, match="expected a StackingMetaModel"):
-        StackingMetaModel.load(bare)
+    with pytest.raises(TypeError, match="expected a meta-model"):
+        load_meta_model(bare)
+
+
+def test_pooled_meta_model_fits_few_rows_and_round_trips(tmp_path: Path) -> None:
+    text, image, y = two_modalities(1_200, seed=9)
+    few = slice(0, 120)
+    X = concat_blocks([text, image])
+    pooled = PooledMetaModel().fit(X[few], y[few])
+    probs = pooled.predict_proba(X[200:])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert pooled.weights_.shape == (2,) and np.all(pooled.weights_ > 0)
+    # On few rows, one weight per modality generalises where 27 x 55 coefficients cannot.
+    full = StackingMetaModel(C=1.0).fit(X[few], y[few]).predict_proba(X[200:])
+    assert log_loss(probs, y[200:]) < log_loss(full, y[200:])
+    assert log_loss(probs, y[200:]) < min(
+        log_loss(text[200:], y[200:]), log_loss(image[200:], y[200:])
+    )
+    path = tmp_path / "pooled.skops"
+    pooled.save(path)
+    np.testing.assert_array_equal(
+        load_meta_model(path).predict_proba(X[:10]), pooled.predict_proba(X[:10])
+    )

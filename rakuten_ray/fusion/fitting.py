@@ -8,16 +8,23 @@ cross-fitting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rakuten_ray.config import FusionParams
 from rakuten_ray.fusion.blending import blend, fit_blend_weights
 from rakuten_ray.fusion.calibration import apply_temperature, calibration_report, fit_temperature
-from rakuten_ray.fusion.stacking import StackingMetaModel, concat_blocks, cross_fitted_stack_probs
+from rakuten_ray.fusion.stacking import (
+    MetaModel,
+    PooledMetaModel,
+    StackingMetaModel,
+    concat_blocks,
+    cross_fitted_stack_probs,
+)
 from rakuten_ray.metrics import classification_summary
 
 
@@ -98,42 +105,81 @@ def fit_modality(
 class StackFit:
     """Both meta-models and their honest (cross-fitted) scores."""
 
-    with_image: StackingMetaModel | None
-    text_only: StackingMetaModel
+    with_image: MetaModel | None
+    text_only: MetaModel
     report: dict[str, Any]
 
 
+def _meta_factories(C: float, structure: str, n_classes: int) -> dict[str, Callable[[], MetaModel]]:
+    factories: dict[str, Callable[[], MetaModel]] = {
+        "logistic": lambda: StackingMetaModel(C=C, n_classes=n_classes),
+        "pooled": lambda: PooledMetaModel(n_classes=n_classes),
+    }
+    return factories if structure == "auto" else {structure: factories[structure]}
+
+
+def fit_meta_model(
+    blocks: list[np.ndarray], y_idx: np.ndarray, C: float, structure: str, folds: int, seed: int
+) -> tuple[MetaModel, np.ndarray, dict[str, Any]]:
+    """Fit the meta-model on ``blocks``; with ``auto``, the structure of lower out-of-fold loss.
+
+    Returns:
+        The meta-model fitted on every row, its out-of-fold probabilities and a report of
+        each candidate's out-of-fold scores.
+    """
+    n_classes = blocks[0].shape[1]
+    candidates = {
+        name: cross_fitted_stack_probs(blocks, y_idx, factory, folds, seed)
+        for name, factory in _meta_factories(C, structure, n_classes).items()
+    }
+    report = {name: classification_summary(oof, y_idx) for name, oof in candidates.items()}
+    chosen = min(report, key=lambda name: report[name]["log_loss"])
+    model = _meta_factories(C, chosen, n_classes)[chosen]().fit(concat_blocks(blocks), y_idx)
+    return model, candidates[chosen], {"structure": chosen, "candidates": report}
+
+
 def fit_stack(
-    text: ModalityFit, image: ModalityFit | None, y_idx: pd.Series, C: float, folds: int, seed: int
+    text: ModalityFit,
+    image: ModalityFit | None,
+    y_idx: pd.Series,
+    test_rows: pd.Index,
+    params: FusionParams,
+    seed: int,
 ) -> StackFit:
     """Fit the stack on ``[P_text, P_image]`` and the text-only meta-model on ``[P_text]``.
 
     The final system's honest estimate takes, for each held-out row, the out-of-fold
-    prediction of the meta-model that scoring would use for it.
+    prediction of the meta-model that scoring would use for it; ``final_internal_test`` is
+    that estimate on the internal-test rows, where the base models are measured too.
     """
     all_rows = text.probs.index
     y_all = y_idx.loc[all_rows].to_numpy()
     text_block = text.probs.to_numpy()
-    text_only = StackingMetaModel(C=C).fit(text_block, y_all)
-    final = cross_fitted_stack_probs([text_block], y_all, C, folds, seed)
+    text_only, final, choice = fit_meta_model(
+        [text_block], y_all, params.stack_C, params.stack, params.cv_folds, seed
+    )
     report: dict[str, Any] = {
         "text_only": classification_summary(final, y_all),
+        "text_only_choice": choice,
         "text_blend": classification_summary(text_block, y_all),
     }
     with_image = None
     if image is not None and len(image.probs) > 0:
         rows = image.probs.index
         y_img = y_idx.loc[rows].to_numpy()
+        positions = all_rows.get_indexer(rows)
         blocks = [text.probs.loc[rows].to_numpy(), image.probs.to_numpy()]
-        with_image = StackingMetaModel(C=C).fit(concat_blocks(blocks), y_img)
-        stacked = cross_fitted_stack_probs(blocks, y_img, C, folds, seed)
-        report["with_image"] = classification_summary(stacked, y_img)
-        report["text_only_on_image_rows"] = classification_summary(
-            final[all_rows.get_indexer(rows)], y_img
+        with_image, stacked, choice = fit_meta_model(
+            blocks, y_img, params.stack_C, params.stack, params.cv_folds, seed
         )
+        report["with_image"] = classification_summary(stacked, y_img)
+        report["with_image_choice"] = choice
+        report["text_only_on_image_rows"] = classification_summary(final[positions], y_img)
         report["image_blend"] = classification_summary(blocks[1], y_img)
-        final[all_rows.get_indexer(rows)] = stacked
+        final[positions] = stacked
     report["final"] = classification_summary(final, y_all)
+    on_test = all_rows.isin(test_rows)
+    report["final_internal_test"] = classification_summary(final[on_test], y_all[on_test])
     return StackFit(with_image=with_image, text_only=text_only, report=report)
 
 

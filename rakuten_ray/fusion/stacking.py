@@ -9,17 +9,18 @@ even for classes it never saw in training, so downstream code can rely on the sh
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from rakuten_ray.catalog import NUM_CLASSES
-from rakuten_ray.metrics import check_labels, check_matrix
+from rakuten_ray.metrics import check_labels, check_matrix, log_softmax, softmax
 from rakuten_ray.safe_io import load_sklearn, save_sklearn
 
 StackFeatures = Literal["log", "raw"]
@@ -41,6 +42,7 @@ PROB_TOLERANCE = 1e-6
 TRUSTED_TYPES: frozenset[str] = frozenset(
     {
         "rakuten_ray.fusion.stacking.StackingMetaModel",
+        "rakuten_ray.fusion.stacking.PooledMetaModel",
         "sklearn.linear_model._logistic.LogisticRegression",
     }
 )
@@ -179,24 +181,104 @@ class StackingMetaModel(ClassifierMixin, BaseEstimator):
             raise RuntimeError("refusing to save an unfitted StackingMetaModel")
         save_sklearn(self, path)
 
-    @classmethod
-    def load(cls, path: str | Path) -> StackingMetaModel:
-        """Load a meta-model saved by :meth:`save`, trusting only :data:`TRUSTED_TYPES`.
 
-        Raises:
-            UntrustedContentError: the file holds another type.
-            TypeError: the file holds something other than a meta-model around a
-                ``LogisticRegression``.
-        """
-        loaded = load_sklearn(path, TRUSTED_TYPES)
-        if type(loaded) is not cls:
-            raise TypeError(f"{path}: expected a {cls.__name__}, found {type(loaded).__name__}")
-        # skops trusts many scikit-learn estimators by default; only a logistic regression is
-        # a meta-model this class knows how to run.
-        inner = getattr(loaded, "estimator_", None)
-        if inner is not None and type(inner) is not LogisticRegression:
-            raise TypeError(f"{path}: expected a LogisticRegression, found {type(inner).__name__}")
-        return loaded
+class PooledMetaModel(ClassifierMixin, BaseEstimator):
+    """Log-linear pooling of probability blocks: ``softmax(sum_b w_b log P_b + c)``.
+
+    One weight per block and one bias per class (29 parameters for two blocks), against
+    ``27 x 55`` for the full logistic regression: the meta-model to use when the rows it is
+    fitted on are few (a sample, or the rows with images of a small catalogue).
+
+    Args:
+        l2: ridge penalty on the class biases, so that a class absent from the training rows
+            keeps a finite bias.
+        n_classes: number of classes, i.e. columns per block and output columns.
+
+    Attributes:
+        weights_: one weight per block.
+        bias_: one bias per class.
+        classes_: ``arange(n_classes)``.
+        n_features_in_: number of input columns.
+    """
+
+    def __init__(self, l2: float = 1e-3, n_classes: int = NUM_CLASSES) -> None:
+        self.l2 = l2
+        self.n_classes = n_classes
+
+    def _log_blocks(self, X: np.ndarray) -> np.ndarray:
+        probs = _check_probability_block(X, "X")
+        if probs.shape[1] % self.n_classes:
+            raise ValueError(
+                f"X has {probs.shape[1]} columns; expected a multiple of n_classes={self.n_classes}"
+            )
+        blocks = probs.shape[1] // self.n_classes
+        return np.log(np.clip(probs, LOG_FEATURE_FLOOR, 1.0)).reshape(-1, blocks, self.n_classes)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> PooledMetaModel:
+        """Maximum-likelihood weights and biases (a convex problem, solved with L-BFGS)."""
+        logs = self._log_blocks(X)
+        labels = check_labels(y, logs.shape[0], self.n_classes)
+        n, blocks, _ = logs.shape
+        onehot = np.eye(self.n_classes)[labels]
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            weights, bias = theta[:blocks], theta[blocks:]
+            scores = np.einsum("nbk,b->nk", logs, weights) + bias
+            log_probs = log_softmax(scores, axis=1)
+            loss = -log_probs[np.arange(n), labels].mean() + self.l2 * bias @ bias
+            residual = (np.exp(log_probs) - onehot) / n
+            grad_w = np.einsum("nbk,nk->b", logs, residual)
+            grad_b = residual.sum(axis=0) + 2 * self.l2 * bias
+            return float(loss), np.concatenate([grad_w, grad_b])
+
+        start = np.concatenate([np.full(blocks, 1.0 / blocks), np.zeros(self.n_classes)])
+        result = minimize(objective, start, jac=True, method="L-BFGS-B")
+        self.weights_ = result.x[:blocks]
+        self.bias_ = result.x[blocks:]
+        self.classes_ = np.arange(self.n_classes)
+        self.n_features_in_ = blocks * self.n_classes
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities over all classes in class order; rows sum to 1."""
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("PooledMetaModel is not fitted; call fit first")
+        logs = self._log_blocks(X)
+        if logs.shape[1] != len(self.weights_):
+            raise ValueError(f"X has {logs.shape[1]} block(s); fitted on {len(self.weights_)}")
+        return softmax(np.einsum("nbk,b->nk", logs, self.weights_) + self.bias_, axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class index per row."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted meta-model with skops (no pickle)."""
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("refusing to save an unfitted PooledMetaModel")
+        save_sklearn(self, path)
+
+
+MetaModel = StackingMetaModel | PooledMetaModel
+
+
+def load_meta_model(path: str | Path) -> MetaModel:
+    """Load a meta-model saved by ``save``, trusting only :data:`TRUSTED_TYPES`.
+
+    Raises:
+        UntrustedContentError: the file holds another type.
+        TypeError: the file holds something other than one of the two meta-models (with a
+            ``LogisticRegression`` inside, for the stacking one).
+    """
+    loaded = load_sklearn(path, TRUSTED_TYPES)
+    if type(loaded) not in (StackingMetaModel, PooledMetaModel):
+        raise TypeError(f"{path}: expected a meta-model, found {type(loaded).__name__}")
+    # skops trusts many scikit-learn estimators by default; only a logistic regression is
+    # a meta-model the stacking class knows how to run.
+    inner = getattr(loaded, "estimator_", None)
+    if inner is not None and type(inner) is not LogisticRegression:
+        raise TypeError(f"{path}: expected a LogisticRegression, found {type(inner).__name__}")
+    return loaded
 
 
 def cross_fit_folds(y_idx: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.ndarray:
@@ -235,10 +317,9 @@ def cross_fit_folds(y_idx: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.
 def cross_fitted_stack_probs(
     blocks: Sequence[np.ndarray],
     y_idx: np.ndarray,
-    C: float,
+    make_model: Callable[[], MetaModel],
     n_splits: int = 5,
     seed: int = 42,
-    features: StackFeatures = "log",
 ) -> np.ndarray:
     """Out-of-fold meta-model probabilities: an honest estimate of the stack's quality.
 
@@ -247,10 +328,9 @@ def cross_fitted_stack_probs(
     Args:
         blocks: per-modality (rows, classes) probability matrices.
         y_idx: true class indices.
-        C: regularisation of the meta-model.
+        make_model: builds an unfitted meta-model (one per fold).
         n_splits: number of folds (reduced when there are fewer rows).
         seed: shuffling seed of the folds.
-        features: feature transform of the meta-model.
 
     Returns:
         (rows, classes) out-of-fold probabilities.
@@ -262,7 +342,6 @@ def cross_fitted_stack_probs(
     out = np.empty((X.shape[0], n_classes))
     for fold in np.unique(folds):
         held_out = folds == fold
-        model = StackingMetaModel(C=C, features=features, n_classes=n_classes)
-        model.fit(X[~held_out], labels[~held_out])
+        model = make_model().fit(X[~held_out], labels[~held_out])
         out[held_out] = model.predict_proba(X[held_out])
     return out

@@ -15,7 +15,7 @@ import pandas as pd
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, image_path
 from rakuten_ray.fusion.fitting import calibrated_blend
-from rakuten_ray.fusion.stacking import StackingMetaModel
+from rakuten_ray.fusion.stacking import load_meta_model
 from rakuten_ray.images import ImageStatus, LoadedImage, load_image
 from rakuten_ray.models.registry import load_text_scorer
 from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN, normalise_batch
@@ -115,11 +115,9 @@ class FusionStage:
     def __init__(self, bundle_dir: str) -> None:
         bundle = load_bundle(bundle_dir)
         fusion = bundle.fusion
-        self.text_only = StackingMetaModel.load(bundle.path(fusion.meta_text_only))
+        self.text_only = load_meta_model(bundle.path(fusion.meta_text_only))
         self.with_image = (
-            StackingMetaModel.load(bundle.path(fusion.meta_with_image))
-            if fusion.meta_with_image
-            else None
+            load_meta_model(bundle.path(fusion.meta_with_image)) if fusion.meta_with_image else None
         )
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -183,10 +183,10 @@ def run_training(config: RunConfig, data_dir: Path, out_dir: Path, log: Log = pr
     image = None
     if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
         image = fit_modality(scored(config.image_models), y_idx, test_rows, config.fusion.blend)
-    stack = fit_stack(
-        text, image, y_idx, config.fusion.stack_C, config.fusion.cv_folds, config.seed
-    )
-    scores = {part: round(v["weighted_f1"], 4) for part, v in stack.report.items()}
+    stack = fit_stack(text, image, y_idx, test_rows, config.fusion, config.seed)
+    scores = {
+        part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
+    }
     log(f"fusion fitted, weighted F1 (cross-fitted on held-out rows): {scores}")
 
     phase = time.perf_counter()
