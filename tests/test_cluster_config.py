@@ -1,0 +1,58 @@
+"""``cluster.yaml`` is a valid Ray cluster launcher config with a CPU head and a GPU worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster_config() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_matches_ray_schema_as_written(cluster_config: dict[str, Any]) -> None:
+    """The file itself, before Ray's defaults are merged in (catches misspelt keys)."""
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    jsonschema.validate(cluster_config, json.loads(schema_path.read_text()))
+
+
+def test_passes_ray_up_validation(cluster_config: dict[str, Any]) -> None:
+    """The same preparation and checks `ray up` applies (no cloud calls)."""
+    validate_config(prepare_config(cluster_config))
+
+
+def test_node_types(cluster_config: dict[str, Any]) -> None:
+    node_types = cluster_config["available_node_types"]
+    head = cluster_config["head_node_type"]
+    assert head in node_types
+    assert node_types[head]["resources"].get("GPU", 0) == 0
+
+    gpu_workers = [
+        spec for name, spec in node_types.items()
+        if name != head and spec["resources"].get("GPU", 0) >= 1
+    ]  # fmt: skip
+    assert gpu_workers, "no GPU worker node type"
+    for spec in gpu_workers:
+        assert 0 <= spec["min_workers"] <= spec["max_workers"]
+        assert spec["max_workers"] <= cluster_config["max_workers"]
+    assert cluster_config["idle_timeout_minutes"] > 0
+
+
+def test_installs_the_synced_repository(cluster_config: dict[str, Any]) -> None:
+    mounts = cluster_config["file_mounts"]
+    assert mounts.get("~/rakuten-ray") == "."
+    assert any("pip install" in c and "-e ~/rakuten-ray" in c
+               for c in cluster_config["setup_commands"])  # fmt: skip
+    assert ".venv" in cluster_config["rsync_exclude"]
+    assert any("ray start --head" in c for c in cluster_config["head_start_ray_commands"])
+    assert any("ray start --address" in c for c in cluster_config["worker_start_ray_commands"])

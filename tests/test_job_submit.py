@@ -1,0 +1,189 @@
+"""``jobs/score.py`` submitted with ``ray job submit`` to a real local Ray cluster.
+
+The cluster is a separate ``ray start --head`` next to the session's in-process Ray
+(``ray_local``) and other Ray instances on the machine: it gets its own ports and its own
+temp dir, and teardown ends only the processes that name that temp dir, never ``ray stop``
+(which would kill every Ray process on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+JOB_TIMEOUT_S = 600
+#: Kept out of the working-dir upload (most are also in .gitignore, which Ray honours).
+UPLOAD_EXCLUDES = [
+    ".venv", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache",
+    ".hypothesis", "demo_run", "runs", "build",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """A running ``ray start --head``: its job API address, temp dir and client environment."""
+
+    dashboard_url: str
+    temp_dir: Path
+    env: dict[str, str]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free right now; all sockets stay open until the end so none is returned twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _cluster_env(token: str) -> dict[str, str]:
+    """The environment of every ``ray`` command against the test cluster.
+
+    No address is inherited from the session's Ray. Token authentication is set explicitly:
+    left unset, ``ray start`` turns it on whenever ``~/.ray/auth_token`` exists (an in-process
+    ``ray.init`` writes one) while the job client may stay off, and the submit is refused.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    return env
+
+
+def _pids_naming(marker: str) -> list[int]:
+    """Live processes whose command line has an argument containing ``marker`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:  # the process ended while we looked
+            continue
+        if state != "Z" and any(marker.encode() in arg for arg in args):
+            found.append(int(entry.name))
+    return found
+
+
+def _end_processes(markers: list[str], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``, the processes naming one of ``markers``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = {pid for marker in markers for pid in _pids_naming(marker)}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = {pid for marker in markers for pid in _pids_naming(marker)}
+        if not pids:
+            return
+
+
+@pytest.fixture()
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A 2-CPU head on ports of its own; its processes are ended afterwards."""
+    # A short path: Ray puts Unix sockets under it and socket paths are limited to 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rrjob", dir="/tmp"))
+    (gcs, dashboard, agent_http, agent_grpc, client, node_manager, object_manager, metrics,
+     runtime_env_agent) = _free_ports(9)  # fmt: skip
+    command = [
+        str(RAY), "start", "--head", "--num-cpus", "2", "--temp-dir", str(temp_dir),
+        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+        "--dashboard-agent-listen-port", str(agent_http),
+        "--dashboard-agent-grpc-port", str(agent_grpc), "--ray-client-server-port", str(client),
+        "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+        "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env_agent),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    env = _cluster_env(secrets.token_hex(32))
+    try:
+        started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield LocalCluster(f"http://127.0.0.1:{dashboard}", temp_dir, env)
+    finally:
+        _end_processes([str(temp_dir)])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_score_job_on_local_cluster(
+    tiny_run: Path, tiny_catalogue: Path, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The job scores every test row and writes the submission in input order."""
+    out = tmp_path / "scores"
+    source = tiny_catalogue / "X_test_update.csv"
+    # Absolute paths: the job runs in an unpacked copy of the working dir. The venv's Python
+    # rather than `python`, which the job's shell might resolve to another interpreter.
+    entrypoint = [
+        sys.executable, "jobs/score.py", "--bundle", str(tiny_run / "bundle"),
+        "--input", str(source), "--images", str(tiny_catalogue / "images" / "image_test"),
+        "--out", str(out),
+    ]  # fmt: skip
+    submission_id = f"score-{int(time.time())}"
+    command = [
+        str(RAY), "job", "submit", "--address", local_cluster.dashboard_url,
+        "--submission-id", submission_id, "--working-dir", str(REPO_ROOT),
+        "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES}),
+        "--", *entrypoint,
+    ]  # fmt: skip
+    try:
+        submitted = subprocess.run(
+            command, env=local_cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        )
+    finally:
+        # Ends the job's driver too if it outlives the wait (its command line names `out`).
+        _end_processes([str(out)])
+    log = submitted.stdout[-4000:] + submitted.stderr[-4000:]
+    assert submitted.returncode == 0, log
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    # The token explicitly: this process may hold a different one for the session's Ray.
+    client = JobSubmissionClient(
+        local_cluster.dashboard_url,
+        headers={"Authorization": f"Bearer {local_cluster.env['RAY_AUTH_TOKEN']}"},
+    )
+    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED, log
+
+    inputs = pd.read_csv(source, index_col=0)
+    predictions = pd.read_parquet(out / "predictions")
+    assert len(predictions) == len(inputs)
+    assert sorted(predictions["index"]) == sorted(inputs.index)
+
+    with open(out / "submission.csv") as handle:
+        assert handle.readline().strip() == ",prdtypecode"
+    submission = pd.read_csv(out / "submission.csv", index_col=0)
+    assert list(submission.columns) == ["prdtypecode"]
+    assert submission.index.tolist() == inputs.index.tolist()
+    expected = predictions.set_index("index")["prdtypecode"].loc[inputs.index].to_numpy()
+    assert (submission["prdtypecode"].to_numpy() == expected).all()
+
+    # The working dir the job ran in: the package and entrypoints, no virtualenv.
+    unpacked = local_cluster.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files"
+    uploaded = [path for path in unpacked.glob("_ray_pkg_*") if path.is_dir()]
+    assert uploaded, "no unpacked working dir found"
+    for folder in uploaded:
+        assert (folder / "jobs" / "score.py").is_file()
+        assert (folder / "rakuten_ray" / "cli.py").is_file()
+        assert not (folder / ".venv").exists()
