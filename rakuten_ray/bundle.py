@@ -96,6 +96,8 @@ def verify_bundle(root: str | Path) -> dict[str, Any]:
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{root}: not a model bundle (no {MANIFEST_FILE})")
+    if manifest_path.is_symlink():
+        raise BundleError(f"{manifest_path}: symbolic links are not allowed in a bundle")
     try:
         manifest = json.loads(manifest_path.read_text())
         version, files = manifest["format_version"], manifest["files"]

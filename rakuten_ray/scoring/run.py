@@ -124,8 +124,12 @@ def run_scoring(
     resume: bool = False,
     overrides: tuple[str, ...] = (),
     address: str | None = None,
+    rows_per_shard: int = ROWS_PER_SHARD,
 ) -> ScoringSummary:
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them).
+
+    ``rows_per_shard`` sets the staged shard size (one prediction file per shard with the
+    local engine).
 
     Raises:
         SchemaError: a missing column, no input, or a non-empty ``out`` (before any work).
@@ -140,7 +144,7 @@ def run_scoring(
     staging, predictions = out / STAGING_DIR, out / PREDICTIONS_DIR
     if staging.exists():
         shutil.rmtree(staging)
-    total = stage_inputs(files, staging, ROWS_PER_SHARD)
+    total = stage_inputs(files, staging, rows_per_shard)
     predictions.mkdir(exist_ok=True)
     skip = done_rows(predictions) if resume else frozenset()
     shards = sorted(staging.glob("shard-*.parquet"))

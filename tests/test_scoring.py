@@ -1,0 +1,379 @@
+"""Scoring a catalogue: both engines agree, rows without images go text-only, runs resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rakuten_ray.bundle import load_bundle
+from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
+from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
+from rakuten_ray.fusion.stacking import load_meta_model
+from rakuten_ray.images import ImageStatus, load_image
+from rakuten_ray.scoring.local import FinalPipeline
+from rakuten_ray.scoring.run import PREDICTIONS_DIR, SUBMISSION_FILE, SUMMARY_FILE, run_scoring
+from rakuten_ray.scoring.stages import FINAL_PROBS, IMAGE_PROBS, TEXT_PROBS, empty_output
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Columns every predictions table carries (DESIGN section 3).
+OUTPUT_COLUMNS = {
+    "row", "index", "productid", "imageid", "prdtypecode", "confidence", "text_prdtypecode",
+    "image_prdtypecode", "image_status", *FINAL_PROBS,
+}  # fmt: skip
+#: Staged shard size of the interrupted run: many small prediction files, so a kill lands midway.
+RESUME_SHARD_ROWS = 5
+PROB_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class ScoringCase:
+    """An input CSV and an image folder with every kind of image problem."""
+
+    input_csv: Path
+    image_dir: Path
+    raw: pd.DataFrame
+    ok: list[int]
+    missing: list[int]
+    unreadable: list[int]
+    invalid_id: list[int]
+    damaged: list[int]
+
+    @property
+    def without_image(self) -> list[int]:
+        return sorted(self.missing + self.unreadable + self.invalid_id)
+
+
+def _status(image_dir: Path, row: pd.Series) -> str:
+    return load_image(image_path(image_dir, int(row["imageid"]), int(row["productid"]))).status
+
+
+@pytest.fixture(scope="module")
+def case(tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> ScoringCase:
+    """The 60 test rows plus rows with absent files and a bad id; two images damaged."""
+    root = tmp_path_factory.mktemp("scoring_case")
+    image_dir = root / "images"
+    shutil.copytree(tiny_catalogue / "images/image_test", image_dir)
+    raw = pd.read_csv(tiny_catalogue / X_TEST_FILE, index_col=0, dtype=str, keep_default_na=False)
+    raw.index = raw.index.astype("int64")
+    assert len(raw) == 60
+    first_ok = [i for i, r in raw.iterrows() if _status(image_dir, r) == ImageStatus.OK][:2]
+    truncated, zeroed = (
+        image_path(image_dir, *raw.loc[i, ["imageid", "productid"]]) for i in first_ok
+    )
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    zeroed.write_bytes(b"")
+
+    extra = raw.iloc[[5, 6, 7]].copy()
+    extra.index = [900001, 900002, 900003]
+    extra["imageid"] = ["999999001", "999999002", extra["imageid"].iloc[2]]
+    extra.loc[900003, "productid"] = "12a"
+    raw = pd.concat([raw, extra])
+    input_csv = root / "input.csv"
+    raw.to_csv(input_csv)
+
+    statuses = {
+        i: (ImageStatus.OK if i == 900003 else _status(image_dir, r)) for i, r in raw.iterrows()
+    }
+    return ScoringCase(
+        input_csv=input_csv,
+        image_dir=image_dir,
+        raw=raw,
+        ok=[i for i, s in statuses.items() if s == ImageStatus.OK and i != 900003],
+        missing=[i for i, s in statuses.items() if s == ImageStatus.MISSING],
+        unreadable=[i for i, s in statuses.items() if s == ImageStatus.UNREADABLE],
+        invalid_id=[900003],
+        damaged=first_ok,
+    )
+
+
+def _score_argv(bundle: Path, case: ScoringCase, out: Path, *extra: str) -> list[str]:
+    return [
+        "score", "--bundle", str(bundle), "--input", str(case.input_csv),
+        "--images", str(case.image_dir), "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _predictions(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / PREDICTIONS_DIR).sort_values("row").reset_index(drop=True)
+
+
+def _nullable(values: pd.Series) -> list[int | None]:
+    return [None if pd.isna(v) else int(v) for v in values]
+
+
+@pytest.fixture(scope="module")
+def local_out(tiny_run: Path, case: ScoringCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The case scored through ``rakuten-ray score --engine local`` (one uninterrupted run)."""
+    out = tmp_path_factory.mktemp("scored") / "local"
+    assert main(_score_argv(tiny_run / "bundle", case, out, "--engine", "local")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_out(tiny_run: Path, case: ScoringCase, ray_local, tmp_path_factory) -> Path:
+    """The case scored by the Ray Data engine in this process."""
+    out = tmp_path_factory.mktemp("scored") / "ray"
+    run_scoring(tiny_run / "bundle", case.input_csv, case.image_dir, out, engine="ray")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_run: Path) -> FinalPipeline:
+    """The in-process engine on the tiny bundle."""
+    return FinalPipeline(tiny_run / "bundle", batch_size=32)
+
+
+def _check_output(out: Path, case: ScoringCase) -> pd.DataFrame:
+    predictions = _predictions(out)
+    assert set(predictions.columns) >= OUTPUT_COLUMNS
+    assert predictions["row"].tolist() == list(range(len(case.raw)))
+    assert predictions["index"].astype("int64").tolist() == case.raw.index.tolist()
+    probs = predictions[FINAL_PROBS].to_numpy(dtype=np.float64)
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(predictions["confidence"], probs.max(axis=1), atol=1e-12)
+    submission = pd.read_csv(out / SUBMISSION_FILE, index_col=0)
+    assert submission.index.name is None and list(submission.columns) == ["prdtypecode"]
+    assert submission.index.tolist() == case.raw.index.tolist()
+    assert submission["prdtypecode"].tolist() == predictions["prdtypecode"].tolist()
+    return predictions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_out", ["local_out", "ray_out"])
+def test_one_prediction_per_row_in_input_order(
+    engine_out: str, case: ScoringCase, request: pytest.FixtureRequest
+) -> None:
+    """Both engines: one row per input row, valid probabilities, submission in input order."""
+    predictions = _check_output(request.getfixturevalue(engine_out), case)
+    assert set(predictions["image_status"]) == {"ok", "missing", "unreadable", "invalid_id"}
+
+
+@pytest.mark.slow
+def test_engines_agree(local_out: Path, ray_out: Path) -> None:
+    """The Ray Data engine gives the in-process engine's predictions."""
+    local, ray = _predictions(local_out), _predictions(ray_out)
+    assert len(local) == len(ray)
+    for column in ("row", "prdtypecode", "text_prdtypecode", "image_status"):
+        assert local[column].astype(str).tolist() == ray[column].astype(str).tolist(), column
+    for column in ("index", "productid", "imageid", "image_prdtypecode"):
+        assert _nullable(local[column]) == _nullable(ray[column]), column
+    np.testing.assert_allclose(
+        local[FINAL_PROBS].to_numpy(dtype=np.float64),
+        ray[FINAL_PROBS].to_numpy(dtype=np.float64),
+        atol=PROB_TOLERANCE, rtol=0,
+    )  # fmt: skip
+    assert (local_out / SUBMISSION_FILE).read_bytes() == (ray_out / SUBMISSION_FILE).read_bytes()
+
+
+@pytest.mark.slow
+def test_image_status_of_every_row(local_out: Path, case: ScoringCase) -> None:
+    """Absent files are missing, damaged ones unreadable, bad ids invalid; only ok rows vote."""
+    predictions = _predictions(local_out).set_index(case.raw.index)
+    assert len(case.missing) >= 3 and len(case.unreadable) >= 3 and len(case.ok) >= 40
+    assert set(case.damaged) <= set(case.unreadable)
+    expected = {
+        **dict.fromkeys(case.ok, "ok"),
+        **dict.fromkeys(case.missing, "missing"),
+        **dict.fromkeys(case.unreadable, "unreadable"),
+        **dict.fromkeys(case.invalid_id, "invalid_id"),
+    }
+    assert predictions["image_status"].to_dict() == expected
+    assert predictions.loc[case.without_image, "image_prdtypecode"].isna().all()
+    assert predictions.loc[case.ok, "image_prdtypecode"].notna().all()
+
+
+@pytest.mark.slow
+def test_bad_productid_is_scored_from_text(local_out: Path, case: ScoringCase) -> None:
+    """A non-integer productid does not stop the CLI run: its row is kept, its id null.
+
+    That it is scored by the text-only meta-model is checked in ``test_fusion_path_per_row``.
+    """
+    assert (local_out / SUBMISSION_FILE).is_file()
+    predictions = _predictions(local_out).set_index(case.raw.index)
+    row = predictions.loc[case.invalid_id[0]]
+    assert row["image_status"] == "invalid_id"
+    assert pd.isna(row["productid"]) and pd.isna(row["image_prdtypecode"])
+    assert int(row["imageid"]) == int(case.raw.loc[case.invalid_id[0], "imageid"])
+    assert int(row["prdtypecode"]) in CLASS_CODES
+
+
+def _staged(case: ScoringCase, indices: list[int]) -> pd.DataFrame:
+    """Rows of the input as a stage receives them (``row`` and ``index`` columns, raw text)."""
+    frame = case.raw.rename_axis("index").reset_index()
+    frame.insert(0, "row", np.arange(len(frame)))
+    return frame[frame["index"].isin(indices)].reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_fusion_path_per_row(
+    local_out: Path, case: ScoringCase, pipeline: FinalPipeline, tiny_run: Path
+) -> None:
+    """Rows without a usable image get the text-only meta-model; the others the stack."""
+    bundle = load_bundle(tiny_run / "bundle")
+    text_only = load_meta_model(bundle.path(bundle.fusion.meta_text_only))
+    with_image = load_meta_model(bundle.path(bundle.fusion.meta_with_image))
+    predictions = _predictions(local_out).set_index(case.raw.index)
+
+    no_image = pipeline.text(_staged(case, case.without_image))
+    text_probs = no_image[TEXT_PROBS].to_numpy(dtype=np.float64)
+    got = predictions.loc[no_image["index"].astype("int64"), FINAL_PROBS].to_numpy(np.float64)
+    np.testing.assert_allclose(got, text_only.predict_proba(text_probs), atol=PROB_TOLERANCE)
+
+    ok = pipeline._image_stage(str(case.image_dir))(pipeline.text(_staged(case, case.ok[:8])))
+    assert (ok["image_status"] == "ok").all()
+    both = ok[TEXT_PROBS + IMAGE_PROBS].to_numpy(dtype=np.float64)
+    got = predictions.loc[ok["index"].astype("int64"), FINAL_PROBS].to_numpy(np.float64)
+    np.testing.assert_allclose(got, with_image.predict_proba(both), atol=PROB_TOLERANCE)
+    from_text = text_only.predict_proba(ok[TEXT_PROBS].to_numpy(dtype=np.float64))
+    assert np.abs(got - from_text).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_final_pipeline_matches_scoring_run(
+    local_out: Path, case: ScoringCase, pipeline: FinalPipeline, tiny_catalogue: Path
+) -> None:
+    """The notebook API on a catalogue file gives the scoring run's labels, in input order."""
+    products = read_products(tiny_catalogue / X_TEST_FILE)
+    result = pipeline.predict(products, case.image_dir)
+    assert result["index"].astype("int64").tolist() == products.index.tolist()
+    scored = _predictions(local_out).set_index(case.raw.index).loc[products.index]
+    assert result["prdtypecode"].tolist() == scored["prdtypecode"].tolist()
+    assert result["image_status"].tolist() == scored["image_status"].tolist()
+    np.testing.assert_allclose(
+        result[FINAL_PROBS].to_numpy(np.float64), scored[FINAL_PROBS].to_numpy(np.float64),
+        atol=PROB_TOLERANCE,
+    )  # fmt: skip
+    labels = pipeline.predict_labels(products, case.image_dir)
+    assert labels.tolist() == scored["prdtypecode"].tolist()
+
+
+@pytest.mark.slow
+def test_final_pipeline_on_empty_input(
+    pipeline: FinalPipeline, case: ScoringCase, tiny_catalogue: Path, local_out: Path
+) -> None:
+    """No rows in, an empty frame with the output columns out."""
+    products = read_products(tiny_catalogue / X_TEST_FILE).iloc[:0]
+    result = pipeline.predict(products, case.image_dir)
+    assert result.empty
+    assert list(result.columns) == list(empty_output().columns)
+    assert set(result.columns) == set(_predictions(local_out).columns)
+    assert pipeline.predict_labels(products, case.image_dir).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def interrupted_out(
+    tiny_run: Path, case: ScoringCase, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A ``rakuten-ray score`` subprocess killed (SIGKILL) after its first prediction file."""
+    out = tmp_path_factory.mktemp("interrupted") / "out"
+    argv = _score_argv(
+        tiny_run / "bundle", case, out, "--engine", "local",
+        "--rows-per-shard", str(RESUME_SHARD_ROWS),
+    )  # fmt: skip
+    log = out.parent / "score.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rakuten_ray.cli", *argv], cwd=REPO_ROOT, stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    predictions = out / PREDICTIONS_DIR
+    deadline = time.monotonic() + 300
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if predictions.is_dir() and any(predictions.glob("*.parquet")):
+                break
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, log.read_text(errors="replace")
+    return out
+
+
+def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCase) -> None:
+    written = sorted(interrupted.glob(f"{PREDICTIONS_DIR}/*.parquet"))
+    shards = -(-len(case.raw) // RESUME_SHARD_ROWS)
+    assert 1 <= len(written) < shards
+    already = sum(len(pd.read_parquet(p)) for p in written)
+    resumed, expected = _predictions(out), _predictions(baseline)
+    assert not resumed["row"].duplicated().any()
+    assert resumed["row"].tolist() == expected["row"].tolist()
+    assert _nullable(resumed["index"]) == _nullable(expected["index"])
+    assert resumed["prdtypecode"].tolist() == expected["prdtypecode"].tolist()
+    assert resumed["image_status"].astype(str).tolist() == expected["image_status"].tolist()
+    np.testing.assert_allclose(
+        resumed[FINAL_PROBS].to_numpy(np.float64), expected[FINAL_PROBS].to_numpy(np.float64),
+        atol=PROB_TOLERANCE, rtol=0,
+    )  # fmt: skip
+    assert (out / SUBMISSION_FILE).read_bytes() == (baseline / SUBMISSION_FILE).read_bytes()
+    summary = pd.read_json(out / SUMMARY_FILE, typ="series")
+    assert summary["rows"] == len(case.raw)
+    assert summary["rows_scored_now"] == len(case.raw) - already
+
+
+@pytest.mark.slow
+def test_resume_after_kill_local(
+    interrupted_out: Path, local_out: Path, case: ScoringCase, tiny_run: Path, tmp_path: Path
+) -> None:
+    """``--resume`` finishes a killed run: no row twice, predictions as an uninterrupted run's."""
+    out = tmp_path / "out"
+    shutil.copytree(interrupted_out, out)
+    assert not (out / SUBMISSION_FILE).exists()
+    # A torn file (as a crash while writing would leave) is discarded, its rows rescored.
+    (out / PREDICTIONS_DIR / "local-torn.parquet").write_bytes(b"PAR1 torn")
+    argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")
+    assert main(argv) == 0
+    _check_resumed(out, interrupted_out, local_out, case)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_with_ray(
+    interrupted_out: Path, local_out: Path, case: ScoringCase, tiny_run: Path, tmp_path: Path,
+    ray_local,
+) -> None:  # fmt: skip
+    """The Ray engine also skips the rows already predicted."""
+    out = tmp_path / "out"
+    shutil.copytree(interrupted_out, out)
+    run_scoring(tiny_run / "bundle", case.input_csv, case.image_dir, out, engine="ray", resume=True)
+    _check_resumed(out, interrupted_out, local_out, case)
+
+
+@pytest.mark.slow
+def test_non_empty_out_is_refused(
+    local_out: Path, case: ScoringCase, tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --overwrite or --resume, existing outputs are never mixed with a new run."""
+    before = {p: p.stat().st_mtime_ns for p in local_out.rglob("*")}
+    argv = _score_argv(tiny_run / "bundle", case, local_out, "--engine", "local")
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    assert "not empty" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in local_out.rglob("*")} == before
+
+
+def test_missing_column_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An input without ``imageid`` exits 2 naming the file and the column; nothing is written."""
+    bad = tmp_path / "no_imageid.csv"
+    bad.write_text(",designation,description,productid\n0,Chaise,Bois,123\n")
+    out = tmp_path / "out"
+    argv = [
+        "score", "--bundle", str(tmp_path / "not_checked_yet"), "--input", str(bad),
+        "--images", str(tmp_path), "--out", str(out), "--engine", "local",
+    ]  # fmt: skip
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    err = capsys.readouterr().err
+    assert str(bad) in err and "'imageid'" in err
+    assert not out.exists()
