@@ -157,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--workdir", type=Path, default=Path("demo_run"), help="working folder")
-    demo.add_argument("--rows", type=int, default=6000, help="labelled demo rows")
-    demo.add_argument("--test-rows", type=int, default=1000, help="demo rows to score")
+    # Sized so that the whole demo trains and scores in minutes on 2 CPU cores.
+    demo.add_argument("--rows", type=int, default=2000, help="labelled demo rows")
+    demo.add_argument("--test-rows", type=int, default=500, help="demo rows to score")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",

@@ -115,7 +115,7 @@ def _modality(kind: str) -> str:
 
 
 def run_demo(
-    workdir: Path, rows: int = 6000, test_rows: int = 1000, seed: int = 0,
+    workdir: Path, rows: int = 2000, test_rows: int = 500, seed: int = 0,
     overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """Run every phase in ``workdir``; returns the evaluation metrics of the demo test rows."""
