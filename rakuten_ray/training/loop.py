@@ -207,6 +207,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start_epoch = state.next_epoch
     for epoch in range(start_epoch, params.epochs):
         started = time.perf_counter()
+        # Seeding per epoch makes an epoch's shuffle and dropout the same whether or not the
+        # run was resumed before it.
+        torch.manual_seed(loop_config["seed"] + epoch)
         sampler = getattr(run.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a different shuffle each epoch under DistributedSampler
