@@ -120,9 +120,9 @@ def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> i
     """Copy the inputs into numbered Parquet shards with a global ``row`` position.
 
     Shards give large inputs many read tasks, let a resumed run see which rows are done,
-    and let the submission follow input order. Returns the number of rows.
+    and let the submission follow input order. The caller checks the headers first
+    (:func:`check_headers`), before any output exists. Returns the number of rows.
     """
-    check_headers(files)
     staging_dir.mkdir(parents=True, exist_ok=True)
     position, shard = 0, 0
     for path in files:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
@@ -167,8 +166,3 @@ def move_to(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device, non_blocking=True)
     return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
-
-
-def label_array(table: pd.DataFrame) -> np.ndarray:
-    """The table's class indices as int64."""
-    return table["label"].to_numpy(dtype=np.int64)
