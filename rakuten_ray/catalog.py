@@ -63,6 +63,11 @@ IMAGE_SUBDIRS = {"train": "images/image_train", "test": "images/image_test"}
 #: How many offending rows an error message quotes.
 MAX_QUOTED_ROWS = 5
 
+#: An id or a label as a catalogue file writes it: see :func:`_integer_text`.
+_ID_PATTERN = r"\d{1,18}(?:\.0*)?"
+#: A row index: the same, with an optional minus sign.
+_INDEX_PATTERN = r"-?\d{1,18}(?:\.0*)?"
+
 
 class SchemaError(ValueError):
     """A catalogue file does not have the challenge's layout.
@@ -76,6 +81,29 @@ def _offending(path: Path, column: str, mask: pd.Series, values: pd.Series, prob
     quoted = ", ".join(f"row {idx!r}: {val!r}" for idx, val in rows.head(MAX_QUOTED_ROWS).items())
     more = f" (and {len(rows) - MAX_QUOTED_ROWS} more)" if len(rows) > MAX_QUOTED_ROWS else ""
     return f"{path}: column {column!r} {problem} in {len(rows)} row(s): {quoted}{more}"
+
+
+def _integer_text(values: pd.Series, pattern: str) -> tuple[pd.Series, pd.Series]:
+    """Cells stripped of spaces, and where they are not integers written as ``pattern`` says.
+
+    Digits only (an optional ".0" tail, as spreadsheets write integers), at most 18 of them so
+    the value fits int64: no float round trip that could corrupt a large id or let "inf" or
+    "1e30" through.
+    """
+    raw = values.astype(str).str.strip()
+    bad = ~raw.str.fullmatch(pattern).fillna(False).astype(bool)
+    return raw, bad
+
+
+def _to_int64(raw: pd.Series) -> pd.Series:
+    return raw.str.split(".", n=1).str[0].astype(np.int64)
+
+
+def _parse_index(path: Path, index: pd.Series) -> np.ndarray:
+    raw, bad = _integer_text(index, _INDEX_PATTERN)
+    if bad.any():
+        raise SchemaError(_offending(path, "index", bad, index, "is not an integer"))
+    return _to_int64(raw).to_numpy()
 
 
 def _read_indexed_csv(path: Path) -> pd.DataFrame:
@@ -94,19 +122,7 @@ def _read_indexed_csv(path: Path) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise SchemaError(f"{path}: not a readable CSV file ({exc})") from exc
-    index_as_int = pd.to_numeric(pd.Series(frame.index, index=frame.index), errors="coerce")
-    bad_index = index_as_int.isna() | (index_as_int != index_as_int.round())
-    if bad_index.any():
-        raise SchemaError(
-            _offending(
-                path,
-                "index",
-                bad_index,
-                pd.Series(frame.index, index=frame.index),
-                "is not an integer",
-            )
-        )
-    frame.index = index_as_int.astype(np.int64).to_numpy()
+    frame.index = _parse_index(path, pd.Series(frame.index, index=frame.index))
     if frame.index.has_duplicates:
         dup = pd.Series(frame.index.duplicated(keep=False), index=frame.index)
         raise SchemaError(
@@ -132,14 +148,11 @@ def _require_columns(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) 
 
 
 def _parse_int_column(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
-    # Digits only (an optional ".0" tail, as spreadsheets write integers), at most 18 of them
-    # so the value fits int64: no float round trip that could corrupt a large id.
-    raw = frame[column].str.strip()
-    bad = ~raw.str.fullmatch(r"\d{1,18}(?:\.0*)?")
+    raw, bad = _integer_text(frame[column], _ID_PATTERN)
     if bad.any():
         problem = "is not a non-negative integer"
         raise SchemaError(_offending(path, column, bad, frame[column], problem))
-    return raw.str.split(".", n=1).str[0].astype(np.int64)
+    return _to_int64(raw)
 
 
 def validate_products(frame: pd.DataFrame, source: str | Path = "<input>") -> pd.DataFrame:

@@ -1,10 +1,12 @@
-"""Shared fixtures: the real Rakuten sample (when present) and small catalogue writers."""
+"""Shared fixtures: the real Rakuten sample (when present), small catalogue writers, and
+readers of scoring outputs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +27,18 @@ def rakuten_sample() -> Path:
     if found is None:
         pytest.skip("real Rakuten sample not found (set RAKUTEN_SAMPLE_DIR)")
     return found
+
+
+def read_predictions(out: Path) -> pd.DataFrame:
+    """A scoring run's predictions, in input order."""
+    from rakuten_ray.scoring.run import PREDICTIONS_DIR
+
+    return pd.read_parquet(out / PREDICTIONS_DIR).sort_values("row").reset_index(drop=True)
+
+
+def nullable_ints(values: pd.Series) -> list[int | None]:
+    """A nullable integer column as Python values, for comparisons that see nulls."""
+    return [None if pd.isna(v) else int(v) for v in values]
 
 
 def write_tiny_text_backbone(folder: Path) -> Path:

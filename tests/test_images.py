@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_corpus import png_header_only
 from PIL import Image, ImageFile
 
 from rakuten_ray.images import MAX_PIXELS, ImageStatus, LoadedImage, load_image
@@ -51,22 +51,6 @@ def assert_close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: 
 def assert_failed(loaded: LoadedImage, status: ImageStatus) -> None:
     assert loaded.status == status
     assert loaded.image is None
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A 1-bit gray PNG whose header claims ``width x height`` but holds no pixel data."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(tag + data))
-        return struct.pack(">I", len(data)) + tag + data + crc
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import nullable_ints, read_predictions
 
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
@@ -103,14 +104,6 @@ def _score_argv(bundle: Path, case: ScoringCase, out: Path, *extra: str) -> list
     ]  # fmt: skip
 
 
-def _predictions(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / PREDICTIONS_DIR).sort_values("row").reset_index(drop=True)
-
-
-def _nullable(values: pd.Series) -> list[int | None]:
-    return [None if pd.isna(v) else int(v) for v in values]
-
-
 @pytest.fixture(scope="module")
 def local_out(tiny_run: Path, case: ScoringCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The case scored through ``rakuten-ray score --engine local`` (one uninterrupted run)."""
@@ -134,7 +127,7 @@ def pipeline(tiny_run: Path) -> FinalPipeline:
 
 
 def _check_output(out: Path, case: ScoringCase) -> pd.DataFrame:
-    predictions = _predictions(out)
+    predictions = read_predictions(out)
     assert set(predictions.columns) >= OUTPUT_COLUMNS
     assert predictions["row"].tolist() == list(range(len(case.raw)))
     assert predictions["index"].astype("int64").tolist() == case.raw.index.tolist()
@@ -162,12 +155,12 @@ def test_one_prediction_per_row_in_input_order(
 @pytest.mark.slow
 def test_engines_agree(local_out: Path, ray_out: Path) -> None:
     """The Ray Data engine gives the in-process engine's predictions."""
-    local, ray = _predictions(local_out), _predictions(ray_out)
+    local, ray = read_predictions(local_out), read_predictions(ray_out)
     assert len(local) == len(ray)
     for column in ("row", "prdtypecode", "text_prdtypecode", "image_status"):
         assert local[column].astype(str).tolist() == ray[column].astype(str).tolist(), column
     for column in ("index", "productid", "imageid", "image_prdtypecode"):
-        assert _nullable(local[column]) == _nullable(ray[column]), column
+        assert nullable_ints(local[column]) == nullable_ints(ray[column]), column
     np.testing.assert_allclose(
         local[FINAL_PROBS].to_numpy(dtype=np.float64),
         ray[FINAL_PROBS].to_numpy(dtype=np.float64),
@@ -179,7 +172,7 @@ def test_engines_agree(local_out: Path, ray_out: Path) -> None:
 @pytest.mark.slow
 def test_image_status_of_every_row(local_out: Path, case: ScoringCase) -> None:
     """Absent files are missing, damaged ones unreadable, bad ids invalid; only ok rows vote."""
-    predictions = _predictions(local_out).set_index(case.raw.index)
+    predictions = read_predictions(local_out).set_index(case.raw.index)
     assert len(case.missing) >= 3 and len(case.unreadable) >= 3 and len(case.ok) >= 40
     assert set(case.damaged) <= set(case.unreadable)
     expected = {
@@ -200,7 +193,7 @@ def test_bad_productid_is_scored_from_text(local_out: Path, case: ScoringCase) -
     That it is scored by the text-only meta-model is checked in ``test_fusion_path_per_row``.
     """
     assert (local_out / SUBMISSION_FILE).is_file()
-    predictions = _predictions(local_out).set_index(case.raw.index)
+    predictions = read_predictions(local_out).set_index(case.raw.index)
     row = predictions.loc[case.invalid_id[0]]
     assert row["image_status"] == "invalid_id"
     assert pd.isna(row["productid"]) and pd.isna(row["image_prdtypecode"])
@@ -223,7 +216,7 @@ def test_fusion_path_per_row(
     bundle = load_bundle(tiny_run / "bundle")
     text_only = load_meta_model(bundle.path(bundle.fusion.meta_text_only))
     with_image = load_meta_model(bundle.path(bundle.fusion.meta_with_image))
-    predictions = _predictions(local_out).set_index(case.raw.index)
+    predictions = read_predictions(local_out).set_index(case.raw.index)
 
     no_image = pipeline.text(_staged(case, case.without_image))
     text_probs = no_image[TEXT_PROBS].to_numpy(dtype=np.float64)
@@ -247,7 +240,7 @@ def test_final_pipeline_matches_scoring_run(
     products = read_products(tiny_catalogue / X_TEST_FILE)
     result = pipeline.predict(products, case.image_dir)
     assert result["index"].astype("int64").tolist() == products.index.tolist()
-    scored = _predictions(local_out).set_index(case.raw.index).loc[products.index]
+    scored = read_predictions(local_out).set_index(case.raw.index).loc[products.index]
     assert result["prdtypecode"].tolist() == scored["prdtypecode"].tolist()
     assert result["image_status"].tolist() == scored["image_status"].tolist()
     np.testing.assert_allclose(
@@ -267,7 +260,7 @@ def test_final_pipeline_on_empty_input(
     result = pipeline.predict(products, case.image_dir)
     assert result.empty
     assert list(result.columns) == list(empty_output().columns)
-    assert set(result.columns) == set(_predictions(local_out).columns)
+    assert set(result.columns) == set(read_predictions(local_out).columns)
     assert pipeline.predict_labels(products, case.image_dir).shape == (0,)
 
 
@@ -307,10 +300,10 @@ def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCa
     shards = -(-len(case.raw) // RESUME_SHARD_ROWS)
     assert 1 <= len(written) < shards
     already = sum(len(pd.read_parquet(p)) for p in written)
-    resumed, expected = _predictions(out), _predictions(baseline)
+    resumed, expected = read_predictions(out), read_predictions(baseline)
     assert not resumed["row"].duplicated().any()
     assert resumed["row"].tolist() == expected["row"].tolist()
-    assert _nullable(resumed["index"]) == _nullable(expected["index"])
+    assert nullable_ints(resumed["index"]) == nullable_ints(expected["index"])
     assert resumed["prdtypecode"].tolist() == expected["prdtypecode"].tolist()
     assert resumed["image_status"].astype(str).tolist() == expected["image_status"].tolist()
     np.testing.assert_allclose(

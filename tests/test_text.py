@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-import unicodedata
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from rakuten_ray.text import (
     MAX_TEXT_CHARS,
@@ -21,10 +18,6 @@ from rakuten_ray.text import (
 
 TITLE_TEMPLATE = "[TITRE] {designation} [DESC] {description}"
 SEP_TEMPLATE = "{designation} [SEP] {description}"
-
-
-def has_control_chars(text: str) -> bool:
-    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
 @pytest.mark.parametrize(
@@ -178,48 +171,3 @@ def test_prepare_texts_refuses_mismatched_lengths() -> None:
 def test_prepare_texts_validates_template_even_when_empty() -> None:
     with pytest.raises(ValueError, match="unknown placeholder"):
         prepare_texts([], [], "{nom}")
-
-
-def assert_clean(out: str, limit: int) -> None:
-    assert isinstance(out, str)
-    assert not has_control_chars(out)
-    assert out == out.strip()
-    assert "  " not in out
-    assert len(out) <= limit
-    assert unicodedata.is_normalized("NFC", out)
-
-
-# Markup-heavy alphabet so the fuzzer reaches tags, entities and scripts, plus any text.
-MARKUP_PIECES = (
-    "<", ">", "/", "&", ";", "#", "amp", "lt", "gt", "eacute", "script", "style", "!--", "-->",
-    "br", "{", "}", "x", "é", "😀", " ", "\n", "\x00", "\u0301", "\ud800",
-)  # fmt: skip
-markup = st.lists(st.sampled_from(MARKUP_PIECES), max_size=60).map("".join)
-any_text = st.one_of(st.text(), markup)
-field_value = st.one_of(any_text, st.none(), st.floats(), st.integers())
-
-
-@settings(max_examples=300)
-@given(any_text)
-def test_clean_text_fuzz(raw: str) -> None:
-    assert_clean(clean_text(raw), MAX_TEXT_CHARS)
-
-
-@settings(max_examples=200)
-@given(st.sampled_from([TITLE_TEMPLATE, SEP_TEMPLATE]), field_value, field_value)
-def test_render_text_fuzz(template: str, designation: object, description: object) -> None:
-    out = render_text(template, designation, description)
-    assert_clean(out, 2 * MAX_TEXT_CHARS + len(template))
-    marker = "[SEP]" if template == SEP_TEMPLATE else "[DESC]"
-    assert marker in out
-
-
-@settings(max_examples=200)
-@given(st.text())
-def test_template_validation_fuzz(template: str) -> None:
-    try:
-        compiled = TextTemplate(template)
-    except ValueError as exc:
-        assert "template" in str(exc)
-    else:
-        assert_clean(compiled.render("a {b}", "c"), 2 * MAX_TEXT_CHARS + len(template))

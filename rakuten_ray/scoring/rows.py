@@ -1,8 +1,9 @@
 """Input rows of a scoring run: locating inputs, checking headers, normalising batches.
 
-A missing column is refused before any work. Row-level problems never stop a run: text that
-is missing or not text becomes an empty string (cleaned later, capped in length), and an id
-that is not a non-negative integer becomes null, so its row is scored from text alone with
+A missing column, an unreadable header or an input without rows is refused before any work.
+Row-level problems never stop a run: text that is missing or not text becomes an empty string
+(cleaned later, capped in length), fields past the header's are ignored, and an id that is
+not a non-negative integer becomes null, so its row is scored from text alone with
 ``image_status = "invalid_id"``.
 """
 
@@ -45,23 +46,44 @@ def input_files(source: str | Path) -> list[Path]:
     return files
 
 
-def _header(path: Path) -> list[str]:
+def _is_record(fields: list[str]) -> bool:
+    """Whether a CSV record is a row for pandas, which skips blank and whitespace-only lines."""
+    return bool(fields) and not (len(fields) == 1 and fields[0] and not fields[0].strip())
+
+
+def _peek(path: Path) -> tuple[list[str], bool]:
+    """Column names of one input file and whether it has a row, read without its rows."""
     if path.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        return next(csv.reader(handle), [])
+        try:
+            parquet = pq.ParquetFile(path)
+            return list(parquet.schema_arrow.names), parquet.metadata.num_rows > 0
+        except (OSError, pa.ArrowException) as exc:
+            raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+    # "utf-8-sig" drops a leading byte-order mark (spreadsheet exports), as pandas does.
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        records = csv.reader(handle)
+        try:
+            header = next(records, [])
+        except csv.Error as exc:  # e.g. an unclosed quote that swallows the whole file
+            raise SchemaError(f"{path}: unreadable CSV header ({exc})") from exc
+        try:
+            return header, any(_is_record(fields) for fields in records)
+        except csv.Error:
+            return header, True  # something follows the header: the reader will judge it
 
 
 def check_headers(files: list[Path]) -> None:
-    """Refuse, before any work, a file that lacks a required column.
+    """Refuse, before any work, a file that lacks a required column, or inputs with no row.
 
     A CSV's first column is its unnamed row index (the challenge's layout); a Parquet file
     carries the row index in a column named ``index`` (as the predictions do).
     """
+    has_rows = False
     for path in files:
-        header = _header(path)
+        header, rows = _peek(path)
         if path.suffix == ".csv":
             if not header or header[0] != "":
                 raise SchemaError(f"{path}: the first column must be the unnamed row index")
@@ -69,16 +91,37 @@ def check_headers(files: list[Path]) -> None:
         missing = [c for c in (INDEX_COLUMN, *X_COLUMNS) if c not in header]
         if missing:
             raise SchemaError(f"{path}: missing column(s) {missing}; found {header}")
+        has_rows = has_rows or rows
+    if not has_rows:
+        raise SchemaError(f"{_inputs_name(files)}: no rows to score (a header alone)")
+
+
+def _inputs_name(files: list[Path]) -> Path:
+    """The input as a message names it: its one file, or the folder of its files."""
+    return files[0] if len(files) == 1 else files[0].parent
+
+
+def _str(value: object) -> str:
+    text = str(value)
+    if text.isascii():
+        return text
+    # A lone surrogate (text decoded with "surrogateescape", say) cannot be stored as UTF-8,
+    # which Arrow-backed strings and Parquet require: it becomes U+FFFD, as bytes that are
+    # not UTF-8 do in the CSV reader.
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    return values.astype(object).where(values.notna(), "").map(str)
+    return values.astype(object).where(values.notna(), "").map(_str)
 
 
 def _as_id(values: pd.Series) -> pd.Series:
     text = _as_text(values).str.strip()
-    valid = text.str.fullmatch(_ID_PATTERN)
-    parsed = text.where(valid, None).str.split(".", n=1).str[0]
+    valid = text.str.fullmatch(_ID_PATTERN).to_numpy(dtype=bool)
+    digits = text.str.split(".", n=1).str[0]
+    # Python ints, not a float round trip: an 18-digit id stays exact, and a batch whose ids
+    # are all invalid gives an all-null column instead of a column pandas types as float.
+    parsed = [int(d) if ok else None for d, ok in zip(digits, valid, strict=True)]
     return pd.array(parsed, dtype="Int64")
 
 
@@ -100,20 +143,52 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def _raw_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    """The file's rows as text columns, ``rows`` at a time (memory stays bounded)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    """The file's rows as text columns, ``rows`` at a time (memory stays bounded).
 
+    Raises:
+        SchemaError: the file's body cannot be parsed (its header passed the check).
+    """
+    if path.suffix == ".parquet":
+        yield from _parquet_chunks(path, rows)
+    else:
+        yield from _csv_chunks(path, rows)
+
+
+def _parquet_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=rows, columns=[INDEX_COLUMN, *X_COLUMNS]):
             yield batch.to_pandas().astype(object)
-        return
-    chunks = pd.read_csv(
-        path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
-        chunksize=rows,
-    )  # fmt: skip
-    for chunk in chunks:
-        yield chunk.rename(columns={chunk.columns[0]: INDEX_COLUMN})
+    except (OSError, pa.ArrowException) as exc:
+        raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
+
+
+def _csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    # index_col=False with a usecols callable keeps every row's first field as the row index
+    # even when rows carry more fields than the header (a trailing delimiter, an unquoted
+    # comma): the surplus fields are ignored instead of shifting the columns or failing.
+    try:
+        chunks = pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
+            chunksize=rows, index_col=False, usecols=lambda _: True,
+        )  # fmt: skip
+        for chunk in chunks:
+            yield _scoring_columns(path, chunk)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SchemaError(f"{path}: not a readable CSV file ({exc})") from exc
+
+
+def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
+    """The row index (the first column, by position) and the X columns of a CSV chunk."""
+    missing = [c for c in X_COLUMNS if c not in chunk.columns]
+    if missing:
+        # The header check and pandas can disagree on a malformed header line.
+        raise SchemaError(f"{path}: missing column(s) {missing}; found {list(chunk.columns)}")
+    index = chunk.iloc[:, 0].rename(INDEX_COLUMN)
+    return pd.concat([index, chunk[list(X_COLUMNS)]], axis=1)
 
 
 def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> int:
@@ -131,4 +206,7 @@ def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> i
             frame.insert(0, ROW_COLUMN, np.arange(position, position + len(frame)))
             frame.to_parquet(staging_dir / f"shard-{shard:05d}.parquet", index=False)
             position, shard = position + len(frame), shard + 1
+    if not position:
+        # check_headers refuses inputs without rows; this guards its peek at the records.
+        raise SchemaError(f"{_inputs_name(files)}: no rows to score")
     return position
