@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from rakuten_ray.config import ScoringParams, load_config
 from rakuten_ray.hashing import sha256_file
 
 FORMAT_VERSION = 1
@@ -180,6 +181,10 @@ class Bundle:
     def path(self, relative: str) -> Path:
         """Absolute path of a file or folder inside the bundle."""
         return self.root / relative
+
+    def scoring(self, overrides: tuple[str, ...] = ()) -> ScoringParams:
+        """The scoring settings frozen with the bundle, with ``KEY=VALUE`` overrides."""
+        return load_config(self.path(CONFIG_FILE), overrides).scoring
 
 
 def load_bundle(root: str | Path) -> Bundle:

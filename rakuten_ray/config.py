@@ -123,10 +123,16 @@ class ScoringParams:
     """The Ray Data scoring pipeline."""
 
     text: StagePool = field(default_factory=StagePool)
-    image: StagePool = field(default_factory=StagePool)
-    fusion: StagePool = field(default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024))
+    image: StagePool = field(default_factory=lambda: StagePool(micro_batch_size=8))
+    fusion: StagePool = field(
+        default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024, micro_batch_size=256)
+    )
     rows_per_output_file: int = 100_000
+    #: Rows per batch handed to the stage.
 
+    #: Rows per model call inside the stage. Every call takes exactly this many (the last
+    #: padded), so a row's scores never depend on its neighbours; a GPU wants hundreds.
+    micro_batch_size: int = 16
 
 @dataclass
 class RunConfig:
@@ -255,10 +261,25 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
             node = matches[0]
         else:
             node = node.setdefault(part, {})
+def _check_scoring(scoring: ScoringParams) -> None:
+    """Counts of the scoring pools must be positive; resources must not be negative."""
+    for stage in ("text", "image", "fusion"):
+        pool: StagePool = getattr(scoring, stage)
+        for name in ("pool_size", "batch_size", "micro_batch_size"):
+            if getattr(pool, name) < 1:
+                raise ConfigError(f"scoring.{stage}.{name}: must be at least 1")
+        for name in ("num_cpus", "num_gpus"):
+            if getattr(pool, name) < 0:
+                raise ConfigError(f"scoring.{stage}.{name}: must not be negative")
+    if scoring.rows_per_output_file < 1:
+        raise ConfigError("scoring.rows_per_output_file: must be at least 1")
+
+
     if not isinstance(node, dict):
         raise ConfigError(f"{dotted}: cannot set a key inside a non-mapping")
     node[parts[-1]] = yaml.safe_load(raw)
 
+    _check_scoring(config.scoring)
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, and validate the result.

@@ -7,6 +7,7 @@ match the ones computed during fitting.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -80,6 +81,19 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """Softmax in float64, stable for large logits."""
     return np.exp(log_softmax(logits, axis=axis))
+
+
+def weighted_sum(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_i weights[i] * arrays[i]``, as plain elementwise products and sums.
+
+    A BLAS contraction (``tensordot``, ``einsum``) would be faster, but its vector kernels
+    round differently in their tail loops, so an element's value would depend on the array's
+    size and its position in it; scored rows must not depend on the rows scored with them.
+    """
+    total = np.zeros(np.shape(arrays[0]))
+    for array, weight in zip(arrays, weights, strict=True):
+        total = total + float(weight) * np.asarray(array, dtype=np.float64)
+    return total
 
 
 def log_loss(probs: np.ndarray, y_idx: np.ndarray) -> float:

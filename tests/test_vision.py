@@ -130,8 +130,11 @@ def test_save_load_round_trip(lite0: torch.nn.Module, tmp_path: Path) -> None:
     assert isinstance(loaded, ImageClassifier)
     got = loaded.logits(images)
     assert got.dtype == np.float32 and got.shape == (4, 27)
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    # Smaller batches keep the input order (kernels differ by batch size in the last digits).
+    # Kernels differ by batch shape in the last digits; scoring pads to 8 images a pass.
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # With a fixed pass size, an image's logits do not depend on the images around it.
+    np.testing.assert_array_equal(loaded.logits(images[::-1])[::-1], got)
+    np.testing.assert_array_equal(np.concatenate([loaded.logits([im]) for im in images]), got)
     np.testing.assert_allclose(loaded.logits(images, batch_size=3), expected, atol=1e-4)
 
     # A state dict saved from DistributedDataParallel carries a "module." prefix.

@@ -20,6 +20,7 @@ from rakuten_ray.metrics import (
     check_matrix,
     log_loss,
     weighted_f1,
+    weighted_sum,
 )
 
 BlendMethod = Literal["inverse_log_loss", "optimal"]
@@ -71,7 +72,7 @@ def blend(prob_list: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray
     """
     mats = _check_prob_list(prob_list)
     w = _check_weights(weights, len(mats))
-    mixed = np.tensordot(w, np.stack(mats), axes=1)
+    mixed = weighted_sum(mats, w)
     totals = mixed.sum(axis=1, keepdims=True)
     n_classes = mixed.shape[1]
     return np.divide(mixed, totals, out=np.full_like(mixed, 1.0 / n_classes), where=totals > 0)

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from rakuten_ray.catalog import NUM_CLASSES
-from rakuten_ray.metrics import check_labels, check_matrix, log_softmax, softmax
+from rakuten_ray.metrics import check_labels, check_matrix, log_softmax, softmax, weighted_sum
 from rakuten_ray.safe_io import load_sklearn, save_sklearn
 
 StackFeatures = Literal["log", "raw"]
@@ -246,7 +246,8 @@ class PooledMetaModel(ClassifierMixin, BaseEstimator):
         logs = self._log_blocks(X)
         if logs.shape[1] != len(self.weights_):
             raise ValueError(f"X has {logs.shape[1]} block(s); fitted on {len(self.weights_)}")
-        return softmax(np.einsum("nbk,b->nk", logs, self.weights_) + self.bias_, axis=1)
+        blocks = [logs[:, b] for b in range(logs.shape[1])]
+        return softmax(weighted_sum(blocks, self.weights_) + self.bias_, axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class index per row."""

@@ -32,6 +32,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_data_config
 
+from rakuten_ray.batching import fixed_batches
 from rakuten_ray.config import Augmentation
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
@@ -57,6 +58,8 @@ PACKAGED_IMAGE_WEIGHTS: dict[str, tuple[str, str, str]] = {
 }
 WEIGHTS_FILE = "model.safetensors"
 SETTINGS_FILE = "image_model.json"
+#: Images per forward pass when scoring: on CPU, small batches stay in cache and run fastest.
+IMAGE_BATCH_SIZE = 8
 #: A batch-norm step counter: not a weight, absent from some checkpoints.
 _BN_COUNTER = "num_batches_tracked"
 
@@ -304,7 +307,11 @@ class ImageClassifier:
     """
 
     def __init__(
-        self, model: torch.nn.Module, settings: ImageSettings, device: str | None = None
+        self,
+        model: torch.nn.Module,
+        settings: ImageSettings,
+        device: str | None = None,
+        batch_size: int = IMAGE_BATCH_SIZE,
     ) -> None:
         self.settings = settings
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -321,6 +328,7 @@ class ImageClassifier:
         Separate from :meth:`batch_logits` so callers can decode the next batch while the
         current one runs.
         """
+        batch_size: images per forward pass (see :meth:`logits`).
         size = self.settings.image_size
         if not images:
             return torch.empty(0, 3, size, size)
@@ -330,27 +338,33 @@ class ImageClassifier:
     @torch.inference_mode()
     def batch_logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits of a preprocessed batch, float32, shape ``(len(batch), num_classes)``."""
+        self.batch_size = batch_size
         batch = batch.to(self.device, non_blocking=True)
         on_cuda = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
             logits = self.model(batch)
         return logits.float().cpu().numpy()
 
-    def logits(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
-        """Logits of PIL images, float32, shape ``(len(images), num_classes)``, in input order."""
-        chunks = [
-            self.batch_logits(self.preprocess(images[start : start + batch_size]))
-            for start in range(0, len(images), batch_size)
-        ]
-        if not chunks:
-            return np.empty((0, self.num_classes), dtype=np.float32)
-        return np.concatenate(chunks)
+    def logits(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
+        """Logits of PIL images, float32, shape ``(len(images), num_classes)``, in input order.
+
+        Forward passes take exactly ``batch_size`` images (default: the classifier's), the
+        last batch padded (:mod:`rakuten_ray.batching`), so an image's logits never depend on
+        the images scored with it.
+        """
+        out = np.empty((len(images), self.num_classes), dtype=np.float32)
+        for items, take in fixed_batches(len(images), batch_size or self.batch_size):
+            real = images[items]
+            out[items] = self.batch_logits(self.preprocess(real)[take])[: len(real)]
+        return out
 
 
-def load_image_model(folder: str | Path, device: str | None = None) -> ImageClassifier:
-    """Read a folder written by :func:`save_image_model`."""
+def load_image_model(
+    folder: str | Path, device: str | None = None, batch_size: int = IMAGE_BATCH_SIZE
+) -> ImageClassifier:
+    """Read a folder written by :func:`save_image_model` (``batch_size``: images per pass)."""
     folder = Path(folder)
     raw = json.loads((folder / SETTINGS_FILE).read_text())
     settings = ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
     model = create_image_model(settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE))
-    return ImageClassifier(model, settings, device)
+    return ImageClassifier(model, settings, device, batch_size)

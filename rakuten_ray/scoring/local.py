@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rakuten_ray.bundle import load_bundle
+from rakuten_ray.config import ScoringParams
 from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN
 from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, empty_output
 
@@ -20,22 +22,27 @@ class FinalPipeline:
         bundle_dir: a sealed bundle; it is verified before any model loads.
         batch_size: rows per batch through the stages.
         num_threads: torch threads (default: torch's own choice).
+        scoring: the stages' settings (default: the bundle's); their ``micro_batch_size``
+            must match the Ray engine's for the two to give identical bytes.
     """
 
     def __init__(
         self, bundle_dir: str | Path, batch_size: int = DEFAULT_BATCH_ROWS,
-        num_threads: int | None = None,
+        num_threads: int | None = None, scoring: ScoringParams | None = None,
     ) -> None:  # fmt: skip
         self.bundle_dir = str(bundle_dir)
         self.batch_size = batch_size
-        self.text = TextStage(self.bundle_dir, num_threads)
-        self.fusion = FusionStage(self.bundle_dir)
         self.num_threads = num_threads
+        self.scoring = scoring or load_bundle(bundle_dir).scoring()
+        self.text = TextStage(self.bundle_dir, num_threads, self.scoring.text.micro_batch_size)
+        self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion.micro_batch_size)
         self._image: dict[str, ImageStage] = {}
 
     def _image_stage(self, image_dir: str) -> ImageStage:
         if image_dir not in self._image:
-            self._image[image_dir] = ImageStage(self.bundle_dir, image_dir, self.num_threads)
+            self._image[image_dir] = ImageStage(
+                self.bundle_dir, image_dir, self.num_threads, self.scoring.image.micro_batch_size
+            )
         return self._image[image_dir]
 
     def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:

@@ -97,7 +97,11 @@ def score_with_ray(
     bundle = str(bundle_dir)
     dataset = dataset.map_batches(
         TextStage,
-        fn_constructor_kwargs={"bundle_dir": bundle, "num_threads": _threads(scoring.text)},
+        fn_constructor_kwargs={
+            "bundle_dir": bundle,
+            "num_threads": _threads(scoring.text),
+            "micro_batch_size": scoring.text.micro_batch_size,
+        },
         **_pool_args(scoring.text),
     )
     dataset = dataset.map_batches(
@@ -106,11 +110,17 @@ def score_with_ray(
             "bundle_dir": bundle,
             "image_dir": str(image_dir),
             "num_threads": _threads(scoring.image),
+            "micro_batch_size": scoring.image.micro_batch_size,
         },
         **_pool_args(scoring.image),
     )
     dataset = dataset.map_batches(
-        FusionStage, fn_constructor_kwargs={"bundle_dir": bundle}, **_pool_args(scoring.fusion)
+        FusionStage,
+        fn_constructor_kwargs={
+            "bundle_dir": bundle,
+            "micro_batch_size": scoring.fusion.micro_batch_size,
+        },
+        **_pool_args(scoring.fusion),
     )
     dataset.write_parquet(
         str(out_dir),

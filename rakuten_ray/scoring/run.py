@@ -17,9 +17,9 @@ from typing import Literal
 import pandas as pd
 import pyarrow.parquet as pq
 
-from rakuten_ray.bundle import CONFIG_FILE, load_bundle
+from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import SchemaError
-from rakuten_ray.config import load_config
+from rakuten_ray.config import ScoringParams
 from rakuten_ray.scoring.rows import (
     INDEX_COLUMN,
     ROW_COLUMN,
@@ -79,11 +79,16 @@ def done_rows(predictions: Path) -> frozenset[int]:
 
 
 def _score_locally(
-    bundle_dir: Path, shards: list[Path], image_dir: Path, predictions: Path, skip: frozenset[int]
+    bundle_dir: Path,
+    shards: list[Path],
+    image_dir: Path,
+    predictions: Path,
+    scoring: ScoringParams,
+    skip: frozenset[int],
 ) -> None:
     from rakuten_ray.scoring.local import FinalPipeline
 
-    pipeline = FinalPipeline(bundle_dir)
+    pipeline = FinalPipeline(bundle_dir, scoring=scoring)
     for shard in shards:
         frame = pd.read_parquet(shard)
         frame = frame[~frame[ROW_COLUMN].isin(skip)]
@@ -137,8 +142,7 @@ def run_scoring(
     """
     files = input_files(source)
     check_headers(files)
-    load_bundle(bundle_dir)
-    scoring = load_config(Path(bundle_dir) / CONFIG_FILE, overrides).scoring
+    scoring = load_bundle(bundle_dir).scoring(overrides)
     _prepare_out(out, overwrite, resume)
     started = time.perf_counter()
     staging, predictions = out / STAGING_DIR, out / PREDICTIONS_DIR
@@ -150,7 +154,7 @@ def run_scoring(
     shards = sorted(staging.glob("shard-*.parquet"))
     if len(skip) < total:
         if engine == "local":
-            _score_locally(Path(bundle_dir), shards, image_dir, predictions, skip)
+            _score_locally(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
         else:
             from rakuten_ray.ray_session import ensure_ray
             from rakuten_ray.scoring.ray_pipeline import score_with_ray

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rakuten_ray.batching import map_fixed_batches
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, image_path
 from rakuten_ray.fusion.fitting import calibrated_blend
@@ -57,13 +58,21 @@ def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> 
 
 
 class TextStage:
-    """Normalises raw rows and adds calibrated, blended text probabilities."""
+    """Normalises raw rows and adds calibrated, blended text probabilities.
 
-    def __init__(self, bundle_dir: str, num_threads: int | None = None) -> None:
+    ``micro_batch_size`` is the rows per model call (default: the bundle's setting).
+    """
+
+    def __init__(
+        self, bundle_dir: str, num_threads: int | None = None, micro_batch_size: int | None = None
+    ) -> None:
         limit_threads(num_threads)
         bundle = load_bundle(bundle_dir)
+        size = micro_batch_size or bundle.scoring().text.micro_batch_size
         self.entries = bundle.fusion.text_models
-        self.scorers = [load_text_scorer(e.kind, bundle.path(e.folder)) for e in self.entries]
+        self.scorers = [
+            load_text_scorer(e.kind, bundle.path(e.folder), batch_size=size) for e in self.entries
+        ]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = normalise_batch(batch)
@@ -76,16 +85,28 @@ class TextStage:
 
 
 class ImageStage:
-    """Loads each row's image safely and adds blended image probabilities and a status."""
+    """Loads each row's image safely and adds blended image probabilities and a status.
 
-    def __init__(self, bundle_dir: str, image_dir: str, num_threads: int | None = None) -> None:
+    ``micro_batch_size`` is the images per model call (default: the bundle's setting).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str,
+        image_dir: str,
+        num_threads: int | None = None,
+        micro_batch_size: int | None = None,
+    ) -> None:
         from rakuten_ray.models.vision import load_image_model
 
         limit_threads(num_threads)
         bundle = load_bundle(bundle_dir)
+        size = micro_batch_size or bundle.scoring().image.micro_batch_size
         self.image_dir = Path(image_dir)
         self.entries = bundle.fusion.image_models
-        self.models = [load_image_model(bundle.path(e.folder)) for e in self.entries]
+        self.models = [
+            load_image_model(bundle.path(e.folder), batch_size=size) for e in self.entries
+        ]
         self.decoder = ThreadPoolExecutor(DECODE_THREADS)
 
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
@@ -110,10 +131,14 @@ class ImageStage:
 
 
 class FusionStage:
-    """Applies the stack (or the text-only meta-model) and writes the output columns."""
+    """Applies the stack (or the text-only meta-model) and writes the output columns.
 
-    def __init__(self, bundle_dir: str) -> None:
+    ``micro_batch_size`` is the rows per meta-model call (default: the bundle's setting).
+    """
+
+    def __init__(self, bundle_dir: str, micro_batch_size: int | None = None) -> None:
         bundle = load_bundle(bundle_dir)
+        self.micro_batch_size = micro_batch_size or bundle.scoring().fusion.micro_batch_size
         fusion = bundle.fusion
         self.text_only = load_meta_model(bundle.path(fusion.meta_text_only))
         self.with_image = (
@@ -125,10 +150,11 @@ class FusionStage:
         text = batch[TEXT_PROBS].to_numpy(dtype=np.float64)
         image = batch[IMAGE_PROBS].to_numpy(dtype=np.float64)
         has_image = (batch["image_status"] == ImageStatus.OK.value).to_numpy()
-        final = self.text_only.predict_proba(text)
+        size, width = self.micro_batch_size, len(CLASS_CODES)
+        final = map_fixed_batches(self.text_only.predict_proba, text, size, width)
         if self.with_image is not None and has_image.any():
             both = np.concatenate([text[has_image], image[has_image]], axis=1)
-            final[has_image] = self.with_image.predict_proba(both)
+            final[has_image] = map_fixed_batches(self.with_image.predict_proba, both, size, width)
         image_codes = pd.array(codes[np.nan_to_num(image).argmax(axis=1)], dtype="Int64")
         image_codes[~has_image] = pd.NA
         out = batch[[ROW_COLUMN, INDEX_COLUMN, "productid", "imageid"]].copy()
