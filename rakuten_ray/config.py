@@ -39,6 +39,17 @@ class TrainParams:
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
     loader_workers: int = 0
+    #: Learning rate of the pretrained backbone as a fraction of ``learning_rate``, which the
+    #: freshly initialised classification head keeps: a small fraction adapts the pretrained
+    #: features without wrecking them while the head is still random.
+    backbone_lr_scale: float = 1.0
+    #: Leading epochs that train the head only (backbone frozen, its batch-norm statistics
+    #: fixed); later epochs fine-tune everything. Equal to ``epochs``: a linear probe.
+    freeze_backbone_epochs: int = 0
+    #: Keep the backbone's batch-norm statistics at their pretrained values in every epoch
+    #: (its scales and shifts still train): small batches of a small data set otherwise
+    #: shift them away from what the pretrained layers expect.
+    freeze_batchnorm: bool = False
 
 
 @dataclass
@@ -216,6 +227,21 @@ def _build(cls: type, data: Any, key: str) -> Any:
     return cls(**values)
 
 
+def _check_train(key: str, params: TrainParams) -> None:
+    """Value ranges of one model's optimisation settings."""
+    if params.epochs < 1:
+        raise ConfigError(f"{key}.epochs: must be at least 1, got {params.epochs}")
+    if not 0.0 < params.backbone_lr_scale <= 1.0:
+        raise ConfigError(
+            f"{key}.backbone_lr_scale: must be in (0, 1], got {params.backbone_lr_scale}"
+        )
+    if not 0 <= params.freeze_backbone_epochs <= params.epochs:
+        raise ConfigError(
+            f"{key}.freeze_backbone_epochs: must be between 0 and epochs ({params.epochs}), "
+            f"got {params.freeze_backbone_epochs}"
+        )
+
+
 def _check_models(config: RunConfig) -> None:
     names = [spec.name for spec in config.models()]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -230,6 +256,7 @@ def _check_models(config: RunConfig) -> None:
                 raise ConfigError(f"{group}[{spec.name}].kind: {spec.kind!r} not allowed here")
             if spec.kind != "tfidf_svm" and not spec.model:
                 raise ConfigError(f"{group}[{spec.name}].model: required for kind {spec.kind}")
+            _check_train(f"{group}[{spec.name}].train", spec.train)
     if not config.text_models:
         raise ConfigError("text_models: at least one text model is required")
 
@@ -243,7 +270,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:
     """Validate one model entry (as carried to Ray Train workers)."""
-    return _build(ModelSpec, data, f"models[{data.get('name', '?')}]")
+    key = f"models[{data.get('name', '?')}]"
+    spec = _build(ModelSpec, data, key)
+    _check_train(f"{key}.train", spec.train)
+    return spec
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rakuten_ray.cli import main
-from rakuten_ray.config import ConfigError, load_config
+from rakuten_ray.config import ConfigError, TrainParams, load_config, model_spec_from_dict
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -53,10 +54,22 @@ def write_config(tmp_path: Path, mutate) -> Path:
         (lambda d: d.update(colour="red"), "colour"),
         (lambda d: d["text_models"][1].pop("name"), "name"),
         (lambda d: d["text_models"].append(dict(d["text_models"][0])), "duplicate model name"),
+        (
+            lambda d: d["image_models"][0]["train"].update(backbone_lr_scale=0),
+            "image_models[effnet_lite0].train.backbone_lr_scale: must be in (0, 1]",
+        ),
+        (
+            lambda d: d["image_models"][1]["train"].update(freeze_backbone_epochs=9),
+            "image_models[effnet_lite1].train.freeze_backbone_epochs: must be between 0 and",
+        ),
+        (
+            lambda d: d["text_models"][1]["train"].update(epochs=0),
+            "text_models[minilm].train.epochs: must be at least 1",
+        ),
     ],
 )
 def test_validation_names_the_key(tmp_path: Path, mutate, key: str) -> None:
-    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         load_config(write_config(tmp_path, mutate))
 
 
@@ -86,3 +99,19 @@ def test_cli_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert status == 2
     assert "fusion.blend" in capsys.readouterr().err
+
+
+def test_backbone_settings_default_to_plain_fine_tuning() -> None:
+    params = TrainParams()
+    assert params.backbone_lr_scale == 1.0 and params.freeze_backbone_epochs == 0
+    assert not params.freeze_batchnorm
+    demo = load_config(CONFIGS / "demo.yaml")
+    for spec in demo.image_models:
+        assert 0 < spec.train.freeze_backbone_epochs < spec.train.epochs
+        assert spec.train.backbone_lr_scale < 1.0 and spec.train.freeze_batchnorm
+
+
+def test_worker_side_spec_validation_names_the_key() -> None:
+    entry = {"name": "m", "kind": "timm_image", "model": "x", "train": {"backbone_lr_scale": 2}}
+    with pytest.raises(ConfigError, match=re.escape("models[m].train.backbone_lr_scale")):
+        model_spec_from_dict(entry)

@@ -13,17 +13,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import ModelSpec, model_spec_from_dict
+from rakuten_ray.fusion.fitting import ModalityFit
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
 from rakuten_ray.models.transformer import TextClassifier
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.synthetic import generate_catalogue, render_image
 from rakuten_ray.training.base_models import train_base_model
-from rakuten_ray.training.data import text_table, with_image_paths
+from rakuten_ray.training.data import TrainingData, text_table, with_image_paths
 from rakuten_ray.training.deep import fit_deep_model
+from rakuten_ray.training.loop import Training, parameter_groups, prepare_training, run_epoch
+from rakuten_ray.training.protocol import image_rows, rows_with_text
+from rakuten_ray.training.tasks import DeepTask, make_task
 
 pytestmark = pytest.mark.slow
 
@@ -269,3 +274,129 @@ def test_a_killed_worker_resumes_from_its_checkpoint(
     assert starts == [0] * resumed_at + [resumed_at] * (epochs - resumed_at)
     classifier = TextClassifier(fit.model_dir, device="cpu")
     assert np.isfinite(classifier.logits(val["text"].tolist()[:8])).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate groups, head warm-up and the image-only rows' split
+# --------------------------------------------------------------------------------------------
+
+
+def image_spec(**train: Any) -> ModelSpec:
+    return deep_spec(
+        name="lite0", kind="timm_image", model="tf_efficientnet_lite0",
+        pretrained="package:efficientnet_lite0", image_size=32,
+        train={"batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, **train},
+    )  # fmt: skip
+
+
+def backbone_state(model: torch.nn.Module, head: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Every backbone tensor (weights and batch-norm buffers), copied."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith(tuple(f"{h}." for h in head))
+    }
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in before if not torch.equal(before[k], after[k])]
+
+
+def test_head_and_backbone_get_their_own_learning_rates() -> None:
+    spec = image_spec(learning_rate=1e-3, backbone_lr_scale=0.1)
+    task = make_task(spec)
+    model = task.build()
+    head = task.head_names(model)
+    assert head == ("classifier",)
+    groups = parameter_groups(model, head, spec.train)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    assert {id(p) for p in groups[0]["params"]} == {
+        id(model.classifier.weight), id(model.classifier.bias),
+    }  # fmt: skip
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+
+
+def test_text_models_head_is_their_classifier(tiny_backbone: Path) -> None:
+    spec = tiny_text_spec(tiny_backbone, "tiny", train={}, scaling={})
+    task = make_task(spec)
+    model = task.build()
+    assert task.head_names(model) == ("classifier",)
+    assert len(parameter_groups(model, ("classifier",), spec.train)[0]["params"]) == 2
+
+
+@pytest.fixture(scope="module")
+def image_rows_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """An image model's training table: 24 synthetic pictures."""
+    root = tmp_path_factory.mktemp("image_rows")
+    generate_catalogue(root / "catalogue", rows=300, test_rows=0, seed=5, images=False)
+    rows = write_images(CatalogueDir(root / "catalogue").labelled().head(24), root / "images", 5)
+    return pd.DataFrame({"path": rows["image_path"], "label": codes_to_indices(rows[LABEL_COLUMN])})
+
+
+def plain_run(spec: ModelSpec, table: pd.DataFrame) -> tuple[DeepTask, Training]:
+    """The training state of ``spec`` in this process (no Ray), on the CPU."""
+    task = make_task(spec)
+    torch.manual_seed(0)
+    return task, prepare_training(task, spec.train, table, device=torch.device("cpu"))
+
+
+def test_a_frozen_epoch_trains_the_head_only_then_the_backbone_moves(
+    image_rows_table: pd.DataFrame,
+) -> None:
+    spec = image_spec(epochs=2, freeze_backbone_epochs=1, backbone_lr_scale=0.5)
+    task, run = plain_run(spec, image_rows_table)
+    start_backbone = backbone_state(run.model, run.head)
+    start_head = run.model.classifier.weight.detach().clone()
+    cpu = torch.device("cpu")
+
+    run_epoch(task, run, spec.train, image_rows_table, 0, 0, cpu, autocast=False)
+    assert changed(start_backbone, backbone_state(run.model, run.head)) == []
+    assert not torch.equal(start_head, run.model.classifier.weight)
+
+    run_epoch(task, run, spec.train, image_rows_table, 1, 0, cpu, autocast=False)
+    moved = changed(start_backbone, backbone_state(run.model, run.head))
+    assert any(k.endswith("weight") for k in moved)
+    assert any(k.endswith("running_mean") for k in moved)
+    assert all(p.requires_grad for p in run.model.parameters())
+
+
+def test_frozen_batchnorm_trains_the_backbone_but_keeps_its_statistics(
+    image_rows_table: pd.DataFrame,
+) -> None:
+    spec = image_spec(epochs=1, freeze_batchnorm=True)
+    task, run = plain_run(spec, image_rows_table)
+    start_backbone = backbone_state(run.model, run.head)
+    run_epoch(task, run, spec.train, image_rows_table, 0, 0, torch.device("cpu"), autocast=False)
+    moved = changed(start_backbone, backbone_state(run.model, run.head))
+    assert any(k.endswith("weight") for k in moved)
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    assert not [k for k in moved if k.endswith(statistics)]
+
+
+def labelled_frame(codes: list[int], start: int) -> pd.DataFrame:
+    index = pd.RangeIndex(start, start + len(codes))
+    return pd.DataFrame({LABEL_COLUMN: codes, "image_path": "x.jpg"}, index=index)
+
+
+def test_image_only_rows_are_split_and_kept_out_of_the_stack() -> None:
+    codes = [code for code in DISTINCT_IMAGE_CODES for _ in range(20)]
+    data = TrainingData(labelled=labelled_frame(codes, 0), images_only=labelled_frame(codes, 1000))
+    splits = stratified_splits(data.labelled[LABEL_COLUMN], 42, 0.15, 0.15)
+    images = image_rows(data, splits)
+
+    extra = images.extra
+    assert len(extra.test) == len(extra.val) > 0  # stratified like the labelled split
+    assert sorted([*extra.train, *extra.val, *extra.test]) == list(data.images_only.index)
+    assert set(images.train.index).isdisjoint(images.val.index)
+    assert set(images.train.index).isdisjoint(images.heldout.index)
+    assert set(images.test) == {*splits.test, *extra.test}
+    assert set(images.heldout.index) == {*splits.held_out, *extra.held_out}
+
+    # Fusion's image block: every held-out image; the stacks get the rows with text only.
+    probs = pd.DataFrame(np.full((len(images.heldout), 27), 1 / 27), index=images.heldout.index)
+    fit = ModalityFit(["lite0"], [1.0], [1.0], probs, report={})
+    for_stack = rows_with_text(fit, data.labelled.loc[splits.held_out].index)
+    assert set(for_stack.probs.index) == set(splits.held_out)
+    assert set(for_stack.probs.index).isdisjoint(images.train.index)
+    assert len(fit.probs) == len(images.heldout)  # the original is left as it is

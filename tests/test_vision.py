@@ -40,8 +40,21 @@ def noisy_squares(colour: tuple[int, int, int], count: int, size: int, seed: int
 
 @pytest.fixture(scope="module")
 def lite0() -> torch.nn.Module:
+    """The packaged backbone with a random 27-class head, as after some training."""
     torch.manual_seed(0)
-    return create_image_model("efficientnet_lite0", 27, LITE0).eval()
+    model = create_image_model("efficientnet_lite0", 27, LITE0).eval()
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.05)
+    return model
+
+
+def test_a_new_head_starts_at_zero_and_predicts_uniformly() -> None:
+    model = create_image_model("efficientnet_lite0", 27, LITE0).eval()
+    head = model.get_classifier()
+    assert head.out_features == 27
+    assert not any(torch.count_nonzero(p) for p in head.parameters())
+    with torch.inference_mode():
+        probs = torch.softmax(model(torch.rand(2, 3, 64, 64)), dim=1)
+    torch.testing.assert_close(probs, torch.full((2, 27), 1 / 27))
 
 
 def test_packaged_lite0_maps_every_tensor_and_keeps_a_fresh_head(lite0: torch.nn.Module) -> None:

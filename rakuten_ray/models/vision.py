@@ -13,7 +13,7 @@ Pretrained weights are named by one string (``ModelSpec.pretrained``):
 - ``hub``: timm's own pretrained weights, for machines that can reach the model hub.
 
 A classifier whose shape differs from the model's (the 1000-class ImageNet head) is left out,
-so the model keeps its freshly initialised head.
+and the model's new head starts at zero.
 """
 
 from __future__ import annotations
@@ -151,10 +151,25 @@ def _classifier_keys(model: torch.nn.Module) -> set[str]:
     return {k for k in model.state_dict() if k.startswith(tuple(f"{h}." for h in heads))}
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> None:
+def zero_head(model: torch.nn.Module) -> None:
+    """Start a new classification head at zero.
+
+    timm initialises a head for training from scratch: on pretrained features its logits
+    reach the tens, the first losses are several times ``log(classes)`` and their large
+    gradients wreck the pretrained backbone before the head has learned anything. A zero
+    head predicts uniformly and learns from the features as they are.
+    """
+    for param in model.get_classifier().parameters():
+        torch.nn.init.zeros_(param)
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> bool:
     """Load a full state dict into ``model``, leaving out a classifier of another shape.
 
     A ``module.`` prefix (a state dict saved from DistributedDataParallel) is removed.
+
+    Returns:
+        Whether the classifier was loaded too.
 
     Raises:
         PretrainedWeightsError: a backbone tensor is missing, unexpected or of another shape.
@@ -175,6 +190,7 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], orig
             f"({len(missing)} in all), unexpected {result.unexpected_keys[:5]} "
             f"({len(result.unexpected_keys)} in all)"
         )
+    return all(k in state for k in head)
 
 
 def create_image_model(
@@ -182,7 +198,7 @@ def create_image_model(
 ) -> torch.nn.Module:
     """A timm classifier with a ``num_classes``-way head on pretrained weights.
 
-    The head is freshly initialised unless the weights hold one of the same shape.
+    The head starts at zero unless the weights hold one of the same shape.
 
     Args:
         arch: timm architecture, e.g. ``efficientnet_lite0``.
@@ -191,9 +207,12 @@ def create_image_model(
         drop_rate: dropout before the classifier.
     """
     if pretrained == HUB:
-        return timm.create_model(
+        model = timm.create_model(
             arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
         )
+        if num_classes != model.pretrained_cfg.get("num_classes"):
+            zero_head(model)
+        return model
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     if pretrained is None:
         return model
@@ -206,7 +225,8 @@ def create_image_model(
         )
     else:
         state = read_state_file(pretrained)
-    load_weights(model, state, pretrained)
+    if not load_weights(model, state, pretrained):
+        zero_head(model)
     return model
 
 

@@ -61,7 +61,7 @@ class LoopState:
 
 
 @dataclass
-class _Training:
+class Training:
     """Everything the epoch loop mutates."""
 
     model: torch.nn.Module
@@ -69,6 +69,56 @@ class _Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     state: LoopState
+    #: Submodules of the (unwrapped) model that form the new classification head.
+    head: tuple[str, ...]
+
+
+def _network(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, unwrapped from DistributedDataParallel."""
+    return getattr(model, "module", model)
+
+
+def _in_head(name: str, head: tuple[str, ...]) -> bool:
+    return any(name == h or name.startswith(f"{h}.") for h in head)
+
+
+def parameter_groups(
+    model: torch.nn.Module, head: tuple[str, ...], params: TrainParams
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the head at ``learning_rate``, the backbone at a fraction of it.
+
+    Raises:
+        ValueError: ``head`` names no parameter of the model.
+    """
+    named = list(_network(model).named_parameters())
+    head_params = [p for name, p in named if _in_head(name, head)]
+    if not head_params:
+        raise ValueError(f"no classification head among the model's parameters (head: {head})")
+    backbone = [p for name, p in named if not _in_head(name, head)]
+    return [
+        {"params": head_params, "lr": params.learning_rate},
+        {"params": backbone, "lr": params.learning_rate * params.backbone_lr_scale},
+    ]
+
+
+def freeze_backbone(
+    model: torch.nn.Module, head: tuple[str, ...], frozen: bool, batchnorm_frozen: bool = False
+) -> None:
+    """Stop (or restart) training the backbone; call after ``model.train()``.
+
+    A frozen backbone gets no gradient, so the optimiser leaves it alone and the backward pass
+    stops at the head. Its batch-norm layers (also with ``batchnorm_frozen`` alone) use their
+    running statistics without updating them, so its features stay the pretrained ones.
+    """
+    network = _network(model)
+    for name, param in network.named_parameters():
+        if not _in_head(name, head):
+            param.requires_grad_(not frozen)
+    if not (frozen or batchnorm_frozen):
+        return
+    for name, module in network.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not _in_head(name, head):
+            module.eval()
 
 
 def _world() -> tuple[int, int]:
@@ -109,11 +159,17 @@ def predict_logits(
 
 
 def _train_one_epoch(
-    task: DeepTask, run: _Training, params: TrainParams, device: torch.device, autocast: bool
+    task: DeepTask,
+    run: Training,
+    params: TrainParams,
+    device: torch.device,
+    autocast: bool,
+    frozen: bool,
 ) -> float:
     """One pass over this worker's shard; returns the mean training loss."""
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     model.train()
+    freeze_backbone(model, run.head, frozen, params.freeze_batchnorm)
     criterion = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=params.label_smoothing)
     total, weight_sum = 0.0, 0.0
     for inputs, labels, weights in run.loader:
@@ -132,7 +188,7 @@ def _train_one_epoch(
     return total / max(weight_sum, 1.0)
 
 
-def _save_checkpoint(task: DeepTask, run: _Training, folder: Path) -> None:
+def _save_checkpoint(task: DeepTask, run: Training, folder: Path) -> None:
     """The deployable model plus the optimiser, schedule and loop state to resume from."""
     task.save(getattr(run.model, "module", run.model), folder)
     torch.save(
@@ -146,13 +202,29 @@ def _save_checkpoint(task: DeepTask, run: _Training, folder: Path) -> None:
     (folder / HISTORY_FILE).write_text(json.dumps(run.state.history, indent=1))
 
 
-def _prepare(
-    task: DeepTask, params: TrainParams, train_table: pd.DataFrame, restored: Path | None
-) -> _Training:
-    """Model, sharded loader, optimiser and schedule; restored from a checkpoint if given."""
-    import ray.train.torch
+def prepare_training(
+    task: DeepTask,
+    params: TrainParams,
+    train_table: pd.DataFrame,
+    restored: Path | None = None,
+    device: torch.device | None = None,
+) -> Training:
+    """Model, loader, optimiser and schedule; restored from a checkpoint if given.
 
-    model = ray.train.torch.prepare_model(task.build(weights_from=restored))
+    Inside a Ray Train worker (``device`` None) the model goes through ``prepare_model`` (DDP
+    across workers) and the loader through ``prepare_data_loader`` (one shard per worker);
+    with a ``device``, they are plain PyTorch in this process.
+    """
+    network = task.build(weights_from=restored)
+    head = task.head_names(network)
+    if device is None:
+        import ray.train.torch
+
+        # Frozen epochs leave the backbone without gradients, which DDP must be told about.
+        ddp = {"find_unused_parameters": params.freeze_backbone_epochs > 0}
+        model = ray.train.torch.prepare_model(network, parallel_strategy_kwargs=ddp)
+    else:
+        model = network.to(device)
     loader = DataLoader(
         task.dataset(train_table),
         batch_size=params.batch_size,
@@ -162,9 +234,10 @@ def _prepare(
         num_workers=params.loader_workers,
         persistent_workers=params.loader_workers > 0,
     )
-    loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+    if device is None:
+        loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
+        parameter_groups(model, head, params), weight_decay=params.weight_decay
     )
     total_steps = max(1, len(loader) * params.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params, total_steps))
@@ -174,7 +247,53 @@ def _prepare(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = LoopState(**saved["loop"])
-    return _Training(model, loader, optimizer, scheduler, state)
+    return Training(model, loader, optimizer, scheduler, state, head)
+
+
+def run_epoch(
+    task: DeepTask,
+    run: Training,
+    params: TrainParams,
+    val_table: pd.DataFrame,
+    epoch: int,
+    seed: int,
+    device: torch.device,
+    autocast: bool,
+) -> dict[str, float]:
+    """Train one epoch, then evaluate on ``val_table``; returns the epoch's metrics.
+
+    The Ray Train loop and the plain-PyTorch benchmark both run exactly this.
+    """
+    started = time.perf_counter()
+    # Seeding per epoch makes an epoch's shuffle and dropout the same whether or not the
+    # run was resumed before it.
+    torch.manual_seed(seed + epoch)
+    sampler = getattr(run.loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)  # a different shuffle each epoch under DistributedSampler
+    frozen = epoch < params.freeze_backbone_epochs
+    train_loss = _train_one_epoch(task, run, params, device, autocast, frozen)
+    train_seconds = time.perf_counter() - started
+    logits = predict_logits(task, run.model, val_table, params.eval_batch_size, device, autocast)
+    probs = softmax(logits)
+    y_val = val_table["label"].to_numpy(dtype=np.int64)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        MONITOR: log_loss(probs, y_val),
+        "val_weighted_f1": weighted_f1(y_val, probs.argmax(axis=1)),
+        "train_seconds": train_seconds,
+        "epoch_seconds": time.perf_counter() - started,
+    }
+
+
+def _record(state: LoopState, metrics: dict[str, float]) -> None:
+    """Early-stopping bookkeeping after an epoch."""
+    improved = metrics[MONITOR] < state.best_loss - 1e-6
+    state.best_loss = min(state.best_loss, metrics[MONITOR])
+    state.bad_epochs = 0 if improved else state.bad_epochs + 1
+    state.next_epoch = int(metrics["epoch"]) + 1
+    state.history.append(metrics)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -195,49 +314,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     task = make_task(spec)
     train_table = pd.read_parquet(loop_config["train_table"])
     val_table = pd.read_parquet(loop_config["val_table"])
-    y_val = val_table["label"].to_numpy(dtype=np.int64)
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        run = _prepare(task, params, train_table, None)
+        run = prepare_training(task, params, train_table)
     else:
         with checkpoint.as_directory() as restored:
-            run = _prepare(task, params, train_table, Path(restored))
-    state = run.state
-    start_epoch = state.next_epoch
+            run = prepare_training(task, params, train_table, Path(restored))
+    start_epoch = run.state.next_epoch
     for epoch in range(start_epoch, params.epochs):
-        started = time.perf_counter()
-        # Seeding per epoch makes an epoch's shuffle and dropout the same whether or not the
-        # run was resumed before it.
-        torch.manual_seed(loop_config["seed"] + epoch)
-        sampler = getattr(run.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # a different shuffle each epoch under DistributedSampler
-        train_loss = _train_one_epoch(task, run, params, device, autocast)
-        train_seconds = time.perf_counter() - started
-        logits = predict_logits(
-            task, run.model, val_table, params.eval_batch_size, device, autocast
+        metrics = run_epoch(
+            task, run, params, val_table, epoch, loop_config["seed"], device, autocast
         )
-        probs = softmax(logits)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            MONITOR: log_loss(probs, y_val),
-            "val_weighted_f1": weighted_f1(y_val, probs.argmax(axis=1)),
-            "train_seconds": train_seconds,
-            "epoch_seconds": time.perf_counter() - started,
-            "attempt_start_epoch": start_epoch,
-        }
-        improved = metrics[MONITOR] < state.best_loss - 1e-6
-        state.best_loss = min(state.best_loss, metrics[MONITOR])
-        state.bad_epochs = 0 if improved else state.bad_epochs + 1
-        state.next_epoch = epoch + 1
-        state.history.append(metrics)
+        metrics["attempt_start_epoch"] = start_epoch
+        _record(run.state, metrics)
         with tempfile.TemporaryDirectory() as folder:
             report_checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
                 _save_checkpoint(task, run, Path(folder))
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=report_checkpoint)
-        if state.bad_epochs >= params.patience:
+        if run.state.bad_epochs >= params.patience:
             break

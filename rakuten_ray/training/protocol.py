@@ -4,11 +4,14 @@ Leak-free protocol: base models train on ``train`` (deep models stop early on ``
 temperatures, blend weights and meta-models are fitted on ``val`` + ``test`` scores; then the
 classic model is refit on every labelled row, deep models keep their weights or are
 retrained on every row with a small technical validation, and everything is sealed into
-``RUN/bundle``.
+``RUN/bundle``. Labelled rows without text (image-only rows) are split the same way and
+serve the image models only: their held-out part calibrates and blends the image models,
+the stacks see rows with text alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -36,6 +39,8 @@ from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.training.base_models import BaseModelRun, fit_tfidf_model, train_base_model
 from rakuten_ray.training.data import TrainingData, load_training_data
 
+#: The image-only rows' own split, saved like ``splits.json``.
+IMAGES_ONLY_SPLITS_FILE = "splits_images_only.json"
 META_WITH_IMAGE_FILE = "meta_with_image.skops"
 META_TEXT_ONLY_FILE = "meta_text_only.skops"
 #: Share of all rows held back to early-stop a deep model retrained on everything.
@@ -61,6 +66,46 @@ class RunLayout:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """The image models' rows: the labelled split plus the image-only rows, split alike.
+
+    Image-only rows (no text) are split per class with the same fractions, so the image
+    models train, stop early and are measured on many more images; their held-out part feeds
+    the image temperatures and blend weights, never the stacks, which need text.
+    """
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    heldout: pd.DataFrame
+    test: pd.Index
+    extra: Splits
+
+
+def image_rows(data: TrainingData, splits: Splits) -> ImageRows:
+    """Split the image-only rows like ``splits`` and add each part to the labelled one."""
+    rows, extra_rows = data.labelled, data.images_only
+    extra = stratified_splits(
+        extra_rows[LABEL_COLUMN], splits.seed, splits.test_fraction, splits.val_fraction
+    )
+
+    def both(labelled: np.ndarray, images_only: np.ndarray) -> pd.DataFrame:
+        return pd.concat([rows.loc[labelled], extra_rows.loc[images_only]])
+
+    return ImageRows(
+        train=both(splits.train, extra.train),
+        val=both(splits.val, extra.val),
+        heldout=both(splits.held_out, extra.held_out),
+        test=pd.Index(np.concatenate([splits.test, extra.test])),
+        extra=extra,
+    )
+
+
+def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
+    """``fit`` with its blended probabilities kept on ``text_rows`` only (for the stacks)."""
+    return dataclasses.replace(fit, probs=fit.probs.loc[fit.probs.index.isin(text_rows)])
 
 
 def _base_model_metrics(run: BaseModelRun, fit: ModalityFit) -> dict[str, Any]:
@@ -152,23 +197,25 @@ def run_training(config: RunConfig, data_dir: Path, out_dir: Path, log: Log = pr
     rows = data.labelled
     train, val = rows.loc[splits.train], rows.loc[splits.val]
     heldout = rows.loc[splits.held_out]
-    image_train = pd.concat([train, data.images_only])
+    images = image_rows(data, splits)
+    images.extra.save(out_dir / IMAGES_ONLY_SPLITS_FILE)
     log(
         f"splits: train {len(train)}, val {len(val)}, internal test {len(splits.test)}; "
-        f"{len(data.images_only)} extra image-only training rows"
+        f"image-only rows: train {len(images.extra.train)}, val {len(images.extra.val)}, "
+        f"internal test {len(images.extra.test)}"
     )
 
     runs: dict[str, BaseModelRun] = {}
     for spec in config.models():
         phase = time.perf_counter()
-        rows_for_model = image_train if spec.kind == "timm_image" else train
-        runs[spec.name] = train_base_model(
-            spec, rows_for_model, val, heldout, layout.base / spec.name, config.seed
-        )
+        parts = (images.train, images.val, images.heldout)
+        if spec.kind != "timm_image":
+            parts = (train, val, heldout)
+        runs[spec.name] = train_base_model(spec, *parts, layout.base / spec.name, config.seed)
         log(f"base model {spec.name} ({spec.kind}) trained in {time.perf_counter() - phase:.0f}s")
 
-    y_idx = pd.Series(codes_to_indices(heldout[LABEL_COLUMN]), index=heldout.index)
-    test_rows = pd.Index(splits.test)
+    y_idx = pd.Series(codes_to_indices(images.heldout[LABEL_COLUMN]), index=images.heldout.index)
+    test_rows = images.test
     # Kept next to the run so reports can redraw calibration before and after temperature.
     y_idx.rename("label").to_frame().to_parquet(out_dir / HELDOUT_LABELS_FILE)
     for name, run in runs.items():
@@ -183,7 +230,9 @@ def run_training(config: RunConfig, data_dir: Path, out_dir: Path, log: Log = pr
     image = None
     if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
         image = fit_modality(scored(config.image_models), y_idx, test_rows, config.fusion.blend)
-    stack = fit_stack(text, image, y_idx, test_rows, config.fusion, config.seed)
+    # Image temperatures and weights use every held-out image; the stacks only rows with text.
+    image_with_text = rows_with_text(image, heldout.index) if image is not None else None
+    stack = fit_stack(text, image_with_text, y_idx, test_rows, config.fusion, config.seed)
     scores = {
         part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
     }
@@ -209,7 +258,11 @@ def run_training(config: RunConfig, data_dir: Path, out_dir: Path, log: Log = pr
             "val": len(val),
             "internal_test": len(splits.test),
             "images_only": len(data.images_only),
-            "heldout_with_image": len(image.probs) if image else 0,
+            "images_only_train": len(images.extra.train),
+            "images_only_val": len(images.extra.val),
+            "images_only_internal_test": len(images.extra.test),
+            "heldout_images": len(image.probs) if image else 0,
+            "heldout_with_image": len(image_with_text.probs) if image_with_text else 0,
         },
         "seconds": time.perf_counter() - started,
     }

@@ -23,6 +23,8 @@ from rakuten_ray.images import ImageStatus, load_image
 
 Batch = tuple[Any, torch.Tensor, torch.Tensor]
 """Model inputs, labels (class indices) and per-row loss weights."""
+#: Submodules of a Hugging Face sequence classifier that belong to its classification head.
+TEXT_HEADS = ("pre_classifier", "classifier")
 
 
 class RowsDataset(Dataset):
@@ -67,6 +69,11 @@ class DeepTask(ABC):
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         """Write the model in its deployable format (safetensors)."""
 
+    @abstractmethod
+    def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """Names of the submodules that form the new classification head (the rest is the
+        pretrained backbone)."""
+
 
 class TextTask(DeepTask):
     """Fine-tuning a Hugging Face sequence classifier."""
@@ -102,6 +109,11 @@ class TextTask(DeepTask):
 
         settings = TextSettings(template=self.spec.template, max_length=self.spec.max_length)
         save_text_model(model, self.tokenizer, settings, folder)
+
+    def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        # Hugging Face sequence classifiers put their head in ``classifier`` (DistilBERT-like
+        # models add a ``pre_classifier``).
+        return tuple(name for name in TEXT_HEADS if hasattr(model, name))
 
 
 class ImageTask(DeepTask):
@@ -151,6 +163,10 @@ class ImageTask(DeepTask):
         from rakuten_ray.models.vision import save_image_model
 
         save_image_model(model, self.spec.model, self.spec.image_size, folder)
+
+    def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        heads = model.pretrained_cfg["classifier"]  # timm names its head(s) here
+        return (heads,) if isinstance(heads, str) else tuple(heads)
 
 
 def make_task(spec: ModelSpec) -> DeepTask:
