@@ -126,7 +126,11 @@ class StagePool:
     pool_size: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    #: Rows per batch handed to the stage.
     batch_size: int = 256
+    #: Rows per model call inside the stage. Every call takes exactly this many (the last
+    #: padded), so a row's scores never depend on its neighbours; a GPU wants hundreds.
+    micro_batch_size: int = 16
 
 
 @dataclass
@@ -139,11 +143,7 @@ class ScoringParams:
         default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024, micro_batch_size=256)
     )
     rows_per_output_file: int = 100_000
-    #: Rows per batch handed to the stage.
 
-    #: Rows per model call inside the stage. Every call takes exactly this many (the last
-    #: padded), so a row's scores never depend on its neighbours; a GPU wants hundreds.
-    micro_batch_size: int = 16
 
 @dataclass
 class RunConfig:
@@ -223,8 +223,33 @@ def _build(cls: type, data: Any, key: str) -> Any:
     for name in required:
         if name not in data:
             raise ConfigError(f"{prefix}{name}: required key is missing")
-    values = {name: _convert(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    values = {
+        name: _convert(_with_field_defaults(fields[name], value), hints[name], f"{prefix}{name}")
+        for name, value in data.items()
+    }
     return cls(**values)
+
+
+def _with_field_defaults(spec: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested dataclass, completed from the field's own default.
+
+    The field's default can differ from the class's (the image pool's ``micro_batch_size``
+    is 8, not ``StagePool``'s 16); a mapping that leaves a key out must keep the field's.
+    """
+    if spec.default_factory is dataclasses.MISSING or not isinstance(value, dict):
+        return value
+    default = spec.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _merged(dataclasses.asdict(default), value)
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in given.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merged(base[key], value) if nested else value
+    return out
 
 
 def _check_train(key: str, params: TrainParams) -> None:
@@ -261,10 +286,25 @@ def _check_models(config: RunConfig) -> None:
         raise ConfigError("text_models: at least one text model is required")
 
 
+def _check_scoring(scoring: ScoringParams) -> None:
+    """Counts of the scoring pools must be positive; resources must not be negative."""
+    for stage in ("text", "image", "fusion"):
+        pool: StagePool = getattr(scoring, stage)
+        for name in ("pool_size", "batch_size", "micro_batch_size"):
+            if getattr(pool, name) < 1:
+                raise ConfigError(f"scoring.{stage}.{name}: must be at least 1")
+        for name in ("num_cpus", "num_gpus"):
+            if getattr(pool, name) < 0:
+                raise ConfigError(f"scoring.{stage}.{name}: must not be negative")
+    if scoring.rows_per_output_file < 1:
+        raise ConfigError("scoring.rows_per_output_file: must be at least 1")
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Validate plain data (as read from YAML) into a :class:`RunConfig`."""
     config = _build(RunConfig, data, "")
     _check_models(config)
+    _check_scoring(config.scoring)
     return config
 
 
@@ -291,25 +331,10 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
             node = matches[0]
         else:
             node = node.setdefault(part, {})
-def _check_scoring(scoring: ScoringParams) -> None:
-    """Counts of the scoring pools must be positive; resources must not be negative."""
-    for stage in ("text", "image", "fusion"):
-        pool: StagePool = getattr(scoring, stage)
-        for name in ("pool_size", "batch_size", "micro_batch_size"):
-            if getattr(pool, name) < 1:
-                raise ConfigError(f"scoring.{stage}.{name}: must be at least 1")
-        for name in ("num_cpus", "num_gpus"):
-            if getattr(pool, name) < 0:
-                raise ConfigError(f"scoring.{stage}.{name}: must not be negative")
-    if scoring.rows_per_output_file < 1:
-        raise ConfigError("scoring.rows_per_output_file: must be at least 1")
-
-
     if not isinstance(node, dict):
         raise ConfigError(f"{dotted}: cannot set a key inside a non-mapping")
     node[parts[-1]] = yaml.safe_load(raw)
 
-    _check_scoring(config.scoring)
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, and validate the result.

@@ -36,6 +36,18 @@ def read_predictions(out: Path) -> pd.DataFrame:
     return pd.read_parquet(out / PREDICTIONS_DIR).sort_values("row").reset_index(drop=True)
 
 
+def assert_same_predictions(first: Path, second: Path) -> None:
+    """Two scoring runs gave the same output: every value bit for bit, the same submission."""
+    from rakuten_ray.scoring.run import SUBMISSION_FILE
+
+    # The engines' Parquet writers give integer columns different pandas dtypes; values and
+    # nulls must still match exactly.
+    pd.testing.assert_frame_equal(
+        read_predictions(first), read_predictions(second), check_exact=True, check_dtype=False
+    )
+    assert (first / SUBMISSION_FILE).read_bytes() == (second / SUBMISSION_FILE).read_bytes()
+
+
 def nullable_ints(values: pd.Series) -> list[int | None]:
     """A nullable integer column as Python values, for comparisons that see nulls."""
     return [None if pd.isna(v) else int(v) for v in values]

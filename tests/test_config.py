@@ -9,7 +9,13 @@ import pytest
 import yaml
 
 from rakuten_ray.cli import main
-from rakuten_ray.config import ConfigError, TrainParams, load_config, model_spec_from_dict
+from rakuten_ray.config import (
+    ConfigError,
+    TrainParams,
+    config_from_dict,
+    load_config,
+    model_spec_from_dict,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -115,3 +121,16 @@ def test_worker_side_spec_validation_names_the_key() -> None:
     entry = {"name": "m", "kind": "timm_image", "model": "x", "train": {"backbone_lr_scale": 2}}
     with pytest.raises(ConfigError, match=re.escape("models[m].train.backbone_lr_scale")):
         model_spec_from_dict(entry)
+
+
+def test_a_partial_pool_keeps_that_pool_s_own_defaults() -> None:
+    """The image pool's default pass size is 8, not the class's 16, even when its mapping
+    names other keys only."""
+    data = {"name": "x", "text_models": [{"name": "t", "kind": "tfidf_svm"}]}
+    scoring = config_from_dict({**data, "scoring": {"image": {"pool_size": 3}}}).scoring
+    assert scoring.image.pool_size == 3 and scoring.image.micro_batch_size == 8
+    assert scoring.fusion.micro_batch_size == 256 and scoring.text.micro_batch_size == 16
+    with pytest.raises(ConfigError, match=r"scoring\.image\.micro_batch_size: must be at least 1"):
+        config_from_dict({**data, "scoring": {"image": {"micro_batch_size": 0}}})
+    with pytest.raises(ConfigError, match=r"scoring\.image\.pool_sise: unknown key"):
+        config_from_dict({**data, "scoring": {"image": {"pool_sise": 2}}})

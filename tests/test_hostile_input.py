@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, nullable_ints, read_predictions
+from conftest import REPO_ROOT, assert_same_predictions, nullable_ints, read_predictions
 from hostile_corpus import ALL_CASES, Corpus, expected_index, write_corpus
 
 from rakuten_ray.catalog import CLASS_CODES, X_COLUMNS, SchemaError
@@ -85,14 +85,7 @@ def test_every_row_scored_once_with_its_status(
 
 @pytest.mark.slow
 def test_engines_agree_on_the_corpus(local_out: Path, ray_out: Path) -> None:
-    local_predictions, ray_predictions = read_predictions(local_out), read_predictions(ray_out)
-    assert local_predictions["prdtypecode"].tolist() == ray_predictions["prdtypecode"].tolist()
-    np.testing.assert_allclose(
-        local_predictions[FINAL_PROBS].to_numpy(dtype=np.float64),
-        ray_predictions[FINAL_PROBS].to_numpy(dtype=np.float64),
-        atol=PROB_TOLERANCE,
-        rtol=0,
-    )
+    assert_same_predictions(local_out, ray_out)
 
 
 HEADER = ",".join(("", *X_COLUMNS))
@@ -160,4 +153,15 @@ def test_unusable_source_is_refused(
     out = tmp_path / "out"
     with pytest.raises(SchemaError, match=message):
         run_scoring(tmp_path / "no_bundle", make_source(tmp_path), tmp_path, out)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_unparsable_body_is_refused_leaving_no_output(tiny_run: Path, tmp_path: Path) -> None:
+    """A body fault shows only while staging (after the header check): nothing is left."""
+    source = tmp_path / "input.csv"
+    source.write_bytes(HEADER.encode() + b'\n0,a,b,1,2\n1,"never closed,b,3,4\n')
+    out = tmp_path / "out"
+    with pytest.raises(SchemaError, match="not a readable CSV file"):
+        run_scoring(tiny_run / "bundle", source, tmp_path, out, engine="local")
     assert not out.exists()

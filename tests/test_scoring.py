@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import nullable_ints, read_predictions
+from conftest import assert_same_predictions, read_predictions
 
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
@@ -154,19 +154,8 @@ def test_one_prediction_per_row_in_input_order(
 
 @pytest.mark.slow
 def test_engines_agree(local_out: Path, ray_out: Path) -> None:
-    """The Ray Data engine gives the in-process engine's predictions."""
-    local, ray = read_predictions(local_out), read_predictions(ray_out)
-    assert len(local) == len(ray)
-    for column in ("row", "prdtypecode", "text_prdtypecode", "image_status"):
-        assert local[column].astype(str).tolist() == ray[column].astype(str).tolist(), column
-    for column in ("index", "productid", "imageid", "image_prdtypecode"):
-        assert nullable_ints(local[column]) == nullable_ints(ray[column]), column
-    np.testing.assert_allclose(
-        local[FINAL_PROBS].to_numpy(dtype=np.float64),
-        ray[FINAL_PROBS].to_numpy(dtype=np.float64),
-        atol=PROB_TOLERANCE, rtol=0,
-    )  # fmt: skip
-    assert (local_out / SUBMISSION_FILE).read_bytes() == (ray_out / SUBMISSION_FILE).read_bytes()
+    """The Ray Data engine gives the in-process engine's predictions, bit for bit."""
+    assert_same_predictions(local_out, ray_out)
 
 
 @pytest.mark.slow
@@ -243,10 +232,9 @@ def test_final_pipeline_matches_scoring_run(
     scored = read_predictions(local_out).set_index(case.raw.index).loc[products.index]
     assert result["prdtypecode"].tolist() == scored["prdtypecode"].tolist()
     assert result["image_status"].tolist() == scored["image_status"].tolist()
-    np.testing.assert_allclose(
-        result[FINAL_PROBS].to_numpy(np.float64), scored[FINAL_PROBS].to_numpy(np.float64),
-        atol=PROB_TOLERANCE,
-    )  # fmt: skip
+    np.testing.assert_array_equal(
+        result[FINAL_PROBS].to_numpy(np.float64), scored[FINAL_PROBS].to_numpy(np.float64)
+    )
     labels = pipeline.predict_labels(products, case.image_dir)
     assert labels.tolist() == scored["prdtypecode"].tolist()
 
@@ -300,17 +288,8 @@ def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCa
     shards = -(-len(case.raw) // RESUME_SHARD_ROWS)
     assert 1 <= len(written) < shards
     already = sum(len(pd.read_parquet(p)) for p in written)
-    resumed, expected = read_predictions(out), read_predictions(baseline)
-    assert not resumed["row"].duplicated().any()
-    assert resumed["row"].tolist() == expected["row"].tolist()
-    assert nullable_ints(resumed["index"]) == nullable_ints(expected["index"])
-    assert resumed["prdtypecode"].tolist() == expected["prdtypecode"].tolist()
-    assert resumed["image_status"].astype(str).tolist() == expected["image_status"].tolist()
-    np.testing.assert_allclose(
-        resumed[FINAL_PROBS].to_numpy(np.float64), expected[FINAL_PROBS].to_numpy(np.float64),
-        atol=PROB_TOLERANCE, rtol=0,
-    )  # fmt: skip
-    assert (out / SUBMISSION_FILE).read_bytes() == (baseline / SUBMISSION_FILE).read_bytes()
+    assert not read_predictions(out)["row"].duplicated().any()
+    assert_same_predictions(out, baseline)
     summary = pd.read_json(out / SUMMARY_FILE, typ="series")
     assert summary["rows"] == len(case.raw)
     assert summary["rows_scored_now"] == len(case.raw) - already

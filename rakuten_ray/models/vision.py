@@ -324,6 +324,7 @@ class ImageClassifier:
         settings: its saved settings.
         device: ``cuda`` when available, else ``cpu``, unless given. On CUDA the forward pass
             runs under bf16 autocast.
+        batch_size: images per forward pass (see :meth:`logits`).
     """
 
     def __init__(
@@ -337,6 +338,7 @@ class ImageClassifier:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.transform = settings.eval_transform()
+        self.batch_size = batch_size
 
     @property
     def num_classes(self) -> int:
@@ -348,7 +350,6 @@ class ImageClassifier:
         Separate from :meth:`batch_logits` so callers can decode the next batch while the
         current one runs.
         """
-        batch_size: images per forward pass (see :meth:`logits`).
         size = self.settings.image_size
         if not images:
             return torch.empty(0, 3, size, size)
@@ -358,7 +359,6 @@ class ImageClassifier:
     @torch.inference_mode()
     def batch_logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits of a preprocessed batch, float32, shape ``(len(batch), num_classes)``."""
-        self.batch_size = batch_size
         batch = batch.to(self.device, non_blocking=True)
         on_cuda = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):

@@ -143,12 +143,18 @@ def run_scoring(
     files = input_files(source)
     check_headers(files)
     scoring = load_bundle(bundle_dir).scoring(overrides)
+    created = not out.exists()
     _prepare_out(out, overwrite, resume)
     started = time.perf_counter()
     staging, predictions = out / STAGING_DIR, out / PREDICTIONS_DIR
     if staging.exists():
         shutil.rmtree(staging)
-    total = stage_inputs(files, staging, rows_per_shard)
+    try:
+        total = stage_inputs(files, staging, rows_per_shard)
+    except SchemaError:
+        # A body the CSV parser rejects shows only while staging: leave nothing behind.
+        shutil.rmtree(out if created else staging, ignore_errors=True)
+        raise
     predictions.mkdir(exist_ok=True)
     skip = done_rows(predictions) if resume else frozenset()
     shards = sorted(staging.glob("shard-*.parquet"))

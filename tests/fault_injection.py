@@ -1,0 +1,83 @@
+"""Injecting a fault into a scoring run while it goes on (used by the tests and their scripts)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rakuten_ray.scoring.run import PREDICTIONS_DIR
+
+#: Longest a disturbed run may take on a loaded 2-core machine.
+RUN_TIMEOUT_S = 600
+
+
+def predictions_written(out: Path) -> bool:
+    """At least one prediction file exists: the run is under way."""
+    return any((out / PREDICTIONS_DIR).glob("*.parquet"))
+
+
+def run_with_fault(
+    score: Callable[[], None], ready: Callable[[], bool], fault: Callable[[], bool]
+) -> bool:
+    """Run ``score`` in a thread; once ``ready()`` holds while it still runs, call ``fault``.
+
+    Returns:
+        Whether the fault was injected while the run was still going.
+    """
+    landed: dict[str, bool] = {}
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            score()
+        except BaseException as error:  # re-raised in the caller's thread below
+            failures.append(error)
+
+    def inject() -> None:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while worker.is_alive() and time.monotonic() < deadline:
+            if ready():
+                landed["mid_run"] = worker.is_alive() and fault()
+                return
+            time.sleep(0.1)
+
+    worker = threading.Thread(target=run)
+    injector = threading.Thread(target=inject, daemon=True)
+    worker.start()
+    injector.start()
+    worker.join(RUN_TIMEOUT_S)
+    injector.join(5)
+    assert not worker.is_alive(), "the disturbed run did not finish"
+    if failures:
+        raise failures[0]
+    return landed.get("mid_run", False)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # the process ended meanwhile
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name may hold spaces and parentheses
+
+
+def _title(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def local_ray_workers(title: str) -> list[int]:
+    """PIDs of Ray workers started for this process's local Ray instance, by process title.
+
+    A worker sets its title to ``ray::<actor class>`` and is a child of the raylet, which is
+    a child of the driver that started Ray; other Ray instances on the machine are ignored.
+    """
+    pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    raylets = {pid for pid in pids if _parent(pid) == os.getpid() and "raylet" in _title(pid)}
+    return [pid for pid in pids if _parent(pid) in raylets and title in _title(pid)]
