@@ -8,7 +8,9 @@ import os
 def ensure_ray(address: str | None = None) -> None:
     """Connect to ``address`` (``auto``, ``ray://...`` or ``host:port``), else start Ray locally.
 
-    Inside a ``ray job submit`` the job's own cluster is found through ``RAY_ADDRESS``.
+    Inside a ``ray job submit`` the job's own cluster is found through ``RAY_ADDRESS``. With
+    neither, a new local instance starts: left to itself, ``ray.init`` would join a cluster
+    that ``ray start`` left running on the machine (another user's, or a test's).
     """
     import ray
 
@@ -18,7 +20,7 @@ def ensure_ray(address: str | None = None) -> None:
     # the CPUs the actor was given.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
+        address=address or os.environ.get("RAY_ADDRESS") or "local",
         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
         logging_level="WARNING",
     )
