@@ -185,7 +185,8 @@ def main() -> None:
     args = parser.parse_args()
     bundle = str(ensure_bundle(args.bundle))
     image_dir = args.sample / "images" / "image_test"
-    limit_threads(args.threads)
+    if args.threads:
+        limit_threads(args.threads)
     batch = one_batch(args.sample, args.workdir, args.batch)
     payload: dict[str, Any] = {
         "bundle": bundle,

@@ -10,7 +10,13 @@ import pandas as pd
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.config import ScoringParams
 from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, empty_output
+from rakuten_ray.scoring.stages import (
+    FusionStage,
+    ImageStage,
+    TextStage,
+    empty_output,
+    pool_threads,
+)
 
 DEFAULT_BATCH_ROWS = 256
 
@@ -21,27 +27,28 @@ class FinalPipeline:
     Args:
         bundle_dir: a sealed bundle; it is verified before any model loads.
         batch_size: rows per batch through the stages.
-        num_threads: torch threads (default: torch's own choice).
-        scoring: the stages' settings (default: the bundle's); their ``micro_batch_size``
-            must match the Ray engine's for the two to give identical bytes.
+        scoring: the stages' settings (default: the bundle's). Each stage runs with the torch
+            threads and model batch size its entry gives the Ray engine's actors, so the two
+            engines give identical bytes (raise ``scoring.*.num_cpus`` for more threads).
     """
 
     def __init__(
         self, bundle_dir: str | Path, batch_size: int = DEFAULT_BATCH_ROWS,
-        num_threads: int | None = None, scoring: ScoringParams | None = None,
+        scoring: ScoringParams | None = None,
     ) -> None:  # fmt: skip
         self.bundle_dir = str(bundle_dir)
         self.batch_size = batch_size
-        self.num_threads = num_threads
         self.scoring = scoring or load_bundle(bundle_dir).scoring()
-        self.text = TextStage(self.bundle_dir, num_threads, self.scoring.text.micro_batch_size)
+        text = self.scoring.text
+        self.text = TextStage(self.bundle_dir, pool_threads(text), text.micro_batch_size)
         self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion.micro_batch_size)
         self._image: dict[str, ImageStage] = {}
 
     def _image_stage(self, image_dir: str) -> ImageStage:
         if image_dir not in self._image:
+            pool = self.scoring.image
             self._image[image_dir] = ImageStage(
-                self.bundle_dir, image_dir, self.num_threads, self.scoring.image.micro_batch_size
+                self.bundle_dir, image_dir, pool_threads(pool), pool.micro_batch_size
             )
         return self._image[image_dir]
 

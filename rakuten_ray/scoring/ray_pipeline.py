@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.scoring.rows import ROW_COLUMN
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, pool_threads
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +27,6 @@ def _pool_args(pool: StagePool) -> dict:
         "batch_size": pool.batch_size,
         "batch_format": "pandas",
     }
-
-
-def _threads(pool: StagePool) -> int:
-    return max(1, math.ceil(pool.num_cpus))
 
 
 def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
@@ -99,7 +94,7 @@ def score_with_ray(
         TextStage,
         fn_constructor_kwargs={
             "bundle_dir": bundle,
-            "num_threads": _threads(scoring.text),
+            "num_threads": pool_threads(scoring.text),
             "micro_batch_size": scoring.text.micro_batch_size,
         },
         **_pool_args(scoring.text),
@@ -109,7 +104,7 @@ def score_with_ray(
         fn_constructor_kwargs={
             "bundle_dir": bundle,
             "image_dir": str(image_dir),
-            "num_threads": _threads(scoring.image),
+            "num_threads": pool_threads(scoring.image),
             "micro_batch_size": scoring.image.micro_batch_size,
         },
         **_pool_args(scoring.image),

@@ -6,6 +6,7 @@ instance, i.e. once per Ray actor) and called on a pandas batch, to which it add
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pandas as pd
 from rakuten_ray.batching import map_fixed_batches
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, image_path
+from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
 from rakuten_ray.fusion.stacking import load_meta_model
 from rakuten_ray.images import ImageStatus, LoadedImage, load_image
@@ -44,12 +46,17 @@ def empty_output() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
 
 
-def limit_threads(num_threads: int | None) -> None:
-    """Match torch's intra-op threads to the CPUs a stage was given."""
-    if num_threads:
-        import torch
+def pool_threads(pool: StagePool) -> int:
+    """Torch threads of a stage: the CPUs its pool entry gives each actor, rounded up."""
+    return max(1, math.ceil(pool.num_cpus))
 
-        torch.set_num_threads(max(1, int(num_threads)))
+
+def limit_threads(num_threads: int) -> None:
+    """Set torch's intra-op threads (kernels may round differently with another count)."""
+    import torch
+
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
 
 
 def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> pd.DataFrame:
@@ -60,21 +67,26 @@ def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> 
 class TextStage:
     """Normalises raw rows and adds calibrated, blended text probabilities.
 
-    ``micro_batch_size`` is the rows per model call (default: the bundle's setting).
+    ``num_threads`` (torch threads while it runs) and ``micro_batch_size`` (rows per model
+    call) default to the bundle's ``scoring.text`` settings; the output is byte-identical for
+    equal settings.
     """
 
     def __init__(
         self, bundle_dir: str, num_threads: int | None = None, micro_batch_size: int | None = None
     ) -> None:
-        limit_threads(num_threads)
         bundle = load_bundle(bundle_dir)
-        size = micro_batch_size or bundle.scoring().text.micro_batch_size
+        pool = bundle.scoring().text
+        self.num_threads = num_threads or pool_threads(pool)
+        limit_threads(self.num_threads)
+        size = micro_batch_size or pool.micro_batch_size
         self.entries = bundle.fusion.text_models
         self.scorers = [
             load_text_scorer(e.kind, bundle.path(e.folder), batch_size=size) for e in self.entries
         ]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        limit_threads(self.num_threads)  # the in-process engine runs stages one after another
         rows = normalise_batch(batch)
         designations, descriptions = rows["designation"].tolist(), rows["description"].tolist()
         scores = [scorer.scores(designations, descriptions) for scorer in self.scorers]
@@ -87,7 +99,8 @@ class TextStage:
 class ImageStage:
     """Loads each row's image safely and adds blended image probabilities and a status.
 
-    ``micro_batch_size`` is the images per model call (default: the bundle's setting).
+    ``num_threads`` and ``micro_batch_size`` (images per model call) default to the bundle's
+    ``scoring.image`` settings.
     """
 
     def __init__(
@@ -99,9 +112,11 @@ class ImageStage:
     ) -> None:
         from rakuten_ray.models.vision import load_image_model
 
-        limit_threads(num_threads)
         bundle = load_bundle(bundle_dir)
-        size = micro_batch_size or bundle.scoring().image.micro_batch_size
+        pool = bundle.scoring().image
+        self.num_threads = num_threads or pool_threads(pool)
+        limit_threads(self.num_threads)
+        size = micro_batch_size or pool.micro_batch_size
         self.image_dir = Path(image_dir)
         self.entries = bundle.fusion.image_models
         self.models = [
@@ -118,6 +133,7 @@ class ImageStage:
         probs = np.full((len(batch), len(CLASS_CODES)), np.nan)
         if not self.models:
             return _with_block(batch.assign(image_status=NO_IMAGE_MODEL), IMAGE_PROBS, probs)
+        limit_threads(self.num_threads)
         loaded = list(self.decoder.map(self._load, batch["imageid"], batch["productid"]))
         status = [INVALID_ID if item is None else item.status.value for item in loaded]
         usable = [i for i, item in enumerate(loaded) if item and item.status == ImageStatus.OK]
