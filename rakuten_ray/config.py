@@ -9,6 +9,7 @@ line as ``KEY=VALUE`` with dotted paths; list entries are addressed by model nam
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -174,6 +175,10 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+#: A decimal number written as text, scientific notation included (not "nan" or "inf").
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _convert(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against the type hint ``hint``; build dataclasses from mappings."""
     origin = typing.get_origin(hint)
@@ -194,6 +199,9 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        # YAML 1.1 reads ``3e-4`` (no dot) as a string; it is meant as a number.
         return float(value)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {hint.__name__}, got a boolean")

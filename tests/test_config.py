@@ -92,6 +92,15 @@ def test_overrides_by_dotted_key_and_model_name() -> None:
         load_config(CONFIGS / "demo.yaml", ["text_models.minilm.train.epochs=1.5"])
 
 
+def test_scientific_notation_without_a_dot_is_a_number() -> None:
+    """YAML 1.1 reads ``3e-4`` as text; a float setting still takes it as a number."""
+    config = load_config(CONFIGS / "demo.yaml", ["text_models.minilm.train.learning_rate=3e-4"])
+    assert config.text_models[1].train.learning_rate == pytest.approx(3e-4)
+    for text in ("fast", "nan", "1e"):
+        with pytest.raises(ConfigError, match="learning_rate: expected float"):
+            load_config(CONFIGS / "demo.yaml", [f"text_models.minilm.train.learning_rate={text}"])
+
+
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
     config = load_config(CONFIGS / "demo.yaml", ["image_models.effnet_lite1.image_size=96"])
     config.save(tmp_path / "resolved.yaml")
