@@ -1,0 +1,181 @@
+"""Frozen baselines of a config's deep models: pretrained backbone + logistic-regression probe.
+
+What fine-tuning must beat. For each ``hf_text`` and ``timm_image`` model of the config, the
+pretrained backbone, not fine-tuned, embeds the rows of the same splits ``rakuten-ray train``
+uses (same seed, fractions, template, token limit, image size and eval transform): text as
+the mean of the last layer's token vectors (how sentence encoders such as MiniLM are trained)
+and as its first token's vector, images as timm's pooled features. A multinomial logistic
+regression fitted on the training rows, with its strength picked on the validation rows' log
+loss, is scored on the internal test rows (the image models on those with an image file,
+as in ``RUN/metrics.json``). With ``--run``, the fine-tuned models' figures from that run's
+``metrics.json`` are printed next to the probes.
+
+    .venv/bin/python benchmarks/frozen_baselines.py [--config configs/demo.yaml]
+        [--data ../shared/data/rakuten_sample] [--run RUN] [--set KEY=VALUE]
+
+Prints a table and writes ``benchmarks/results/frozen_baselines.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES
+from rakuten_ray.config import ModelSpec, load_config
+from rakuten_ray.images import load_image
+from rakuten_ray.metrics import log_loss, weighted_f1
+from rakuten_ray.models.transformer import resolve_text_source, tokenize
+from rakuten_ray.models.vision import create_image_model, image_transforms
+from rakuten_ray.splits import stratified_splits
+from rakuten_ray.training.data import image_table, load_training_data, text_table
+from rakuten_ray.training.protocol import image_rows
+
+#: Inverse L2 strengths tried; the lowest validation log loss wins.
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+BATCH = 64
+Embed = Callable[[list[Any]], np.ndarray]
+
+
+def batches(items: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+def text_embedders(spec: ModelSpec) -> dict[str, Embed]:
+    """Mean-of-tokens and first-token embeddings from the frozen pretrained text encoder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_text_source(spec.model)
+    tokenizer, encoder = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    encoder.eval()
+
+    @torch.inference_mode()
+    def hidden(texts: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in batches(texts):
+            inputs = tokenize(tokenizer, chunk, spec.max_length)
+            yield encoder(**inputs).last_hidden_state, inputs["attention_mask"].unsqueeze(-1)
+
+    def mean(texts: list[str]) -> np.ndarray:
+        parts = [(h * m).sum(1) / m.sum(1) for h, m in hidden(texts)]
+        return torch.cat(parts).numpy()
+
+    def first(texts: list[str]) -> np.ndarray:
+        return torch.cat([h[:, 0] for h, _ in hidden(texts)]).numpy()
+
+    return {"mean of tokens": mean, "first token": first}
+
+
+def image_embedder(spec: ModelSpec) -> Embed:
+    """timm's pooled features of the frozen pretrained image model, eval transform."""
+    model = create_image_model(spec.model, NUM_CLASSES, spec.pretrained).eval()
+    _, transform = image_transforms(model, spec.image_size)
+
+    @torch.inference_mode()
+    def embed(paths: list[str]) -> np.ndarray:
+        parts = []
+        for chunk in batches(paths):
+            pixels = torch.stack([transform(load_image(p).image) for p in chunk])
+            parts.append(model.forward_head(model.forward_features(pixels), pre_logits=True))
+        return torch.cat(parts).numpy()
+
+    return embed
+
+
+def probe(embed: Embed, tables: dict[str, pd.DataFrame], column: str) -> dict[str, Any]:
+    """Fit on ``train``, pick C on ``val``, score ``test``."""
+    started = time.perf_counter()
+    x = {part: embed(table[column].tolist()) for part, table in tables.items()}
+    y = {part: table["label"].to_numpy() for part, table in tables.items()}
+    fits = [LogisticRegression(C=c, max_iter=3000).fit(x["train"], y["train"]) for c in C_GRID]
+    val_losses = [log_loss(proba(f, x["val"]), y["val"]) for f in fits]
+    best = int(np.argmin(val_losses))
+    test = proba(fits[best], x["test"])
+    return {
+        "C": C_GRID[best],
+        "weighted_f1": weighted_f1(y["test"], test.argmax(axis=1)),
+        "log_loss": log_loss(test, y["test"]),
+        "rows": {part: len(table) for part, table in tables.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def proba(fit: LogisticRegression, x: np.ndarray) -> np.ndarray:
+    """Probabilities over all classes (those absent from the training rows get 0)."""
+    out = np.zeros((len(x), NUM_CLASSES))
+    out[:, fit.classes_] = fit.predict_proba(x)
+    return out
+
+
+def fine_tuned(run: Path | None, name: str) -> dict[str, float] | None:
+    if run is None:
+        return None
+    report = json.loads((run / "metrics.json").read_text())["base_models"][name]["internal_test"]
+    return {"weighted_f1": report["weighted_f1"], "log_loss": report["log_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=common.REPO / "configs" / "demo.yaml")
+    parser.add_argument("--data", type=Path, default=common.SAMPLE)
+    parser.add_argument("--run", type=Path, default=None, help="a training run of the config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    config = load_config(args.config, args.set)
+    data = load_training_data(args.data)
+    splits = stratified_splits(
+        data.labelled[LABEL_COLUMN], config.seed, config.splits.test_fraction,
+        config.splits.val_fraction,
+    )  # fmt: skip
+    images = image_rows(data, splits)
+    results: list[dict[str, Any]] = []
+    for spec in config.text_models:
+        if spec.kind != "hf_text":
+            continue
+        tables = {
+            part: text_table(data.labelled.loc[rows], spec.template)
+            for part, rows in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        }
+        for pooling, embed in text_embedders(spec).items():
+            print(f"[baseline] {spec.name}: frozen, {pooling}", flush=True)
+            found = probe(embed, tables, "text")
+            results.append({"model": spec.name, "features": pooling, **found})
+    for spec in config.image_models:
+        tables = {
+            "train": image_table(images.train),
+            "val": image_table(images.val),
+            "test": image_table(images.heldout.loc[images.test]),
+        }
+        print(f"[baseline] {spec.name}: frozen, {spec.image_size} px", flush=True)
+        found = probe(image_embedder(spec), tables, "path")
+        results.append({"model": spec.name, "features": f"pooled, {spec.image_size} px", **found})
+    for result in results:
+        result["fine_tuned"] = fine_tuned(args.run, result["model"])
+    header = ["model", "frozen features", "C", "test rows", "probe F1", "probe log loss",
+              "fine-tuned F1", "fine-tuned log loss"]  # fmt: skip
+    rows = [
+        [r["model"], r["features"], r["C"], r["rows"]["test"], r["weighted_f1"], r["log_loss"],
+         (r["fine_tuned"] or {}).get("weighted_f1"), (r["fine_tuned"] or {}).get("log_loss")]
+        for r in results
+    ]  # fmt: skip
+    print("\n" + common.format_table(header, rows))
+    payload = {
+        "config": str(args.config), "overrides": args.set, "data": str(args.data),
+        "run": str(args.run) if args.run else None, "results": results,
+        "machine": common.machine(),
+    }  # fmt: skip
+    common.write_results("frozen_baselines", payload)
+
+
+if __name__ == "__main__":
+    main()
