@@ -26,17 +26,18 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
-# Scoring benchmarks, never part of `make test`. At the default sizes they take hours on 2
-# cores (100,000 rows alone is over an hour); SCALING_ROWS="2000 20000" is a quicker run. The
-# first run also trains a small bundle into benchmarks/.cache/. Tables on the terminal, numbers
-# in benchmarks/results/*.json; see docs/performance.md. Options for every script go in
-# BENCH_ARGS (e.g. BENCH_ARGS="--bundle demo_run/run/bundle"), row counts in SCALING_ROWS.
+# Benchmarks, never part of `make test`: about an hour on 2 cores at the default sizes (the
+# 100,000-row scaling run alone takes about 25 minutes). The first run also trains two small
+# bundles into benchmarks/.cache/. Tables on the terminal, numbers in benchmarks/results/*.json;
+# see docs/performance.md. Options for every script go in BENCH_ARGS (e.g.
+# BENCH_ARGS="--bundle demo_run/run/bundle"), row counts in SCALING_ROWS.
 BENCH_ARGS ?=
 SCALING_ROWS ?= 10000 100000
 bench: setup
 	$(BIN)/python -u benchmarks/scoring_throughput.py $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/scaling.py --rows $(SCALING_ROWS) $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/profile_stages.py $(BENCH_ARGS)
+	$(BIN)/python -u benchmarks/train_epoch.py --repeats 2
 
 # Renders the demo report in a real headless browser (Debian's chromium, installed if missing)
 # and writes a screenshot next to it: a broken page shows at once.
