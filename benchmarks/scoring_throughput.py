@@ -168,7 +168,6 @@ def dataset_table(result: dict[str, Any]) -> str:
 def ratio_lines(values: dict[str, float]) -> list[str]:
     checks = {
         "ray_vs_local": f">= {RAY_VS_LOCAL_TARGET}",
-        "ray_vs_local_cpu": f">= {RAY_VS_LOCAL_TARGET}",
         "local_vs_stage_sum": f"<= {OVERHEAD_TARGET}",
         "ray_vs_stage_sum": f"<= {OVERHEAD_TARGET}",
     }
