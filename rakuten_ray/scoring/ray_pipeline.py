@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.scoring.rows import ROW_COLUMN
@@ -83,7 +85,13 @@ def score_with_ray(
     # Reading and writing are light next to the models: they get a sliver of a CPU so that the
     # actor pools can hold the rest of a small machine without starving them.
     _warn_if_pools_exceed_cluster(scoring)
-    dataset = ray.data.read_parquet([str(p) for p in shards], num_cpus=IO_CPUS)
+    # Blocks of one text batch: the image pool starts as soon as the first batch of texts is
+    # scored instead of waiting for a whole shard's share.
+    rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
+    dataset = ray.data.read_parquet(
+        [str(p) for p in shards], num_cpus=IO_CPUS,
+        override_num_blocks=max(1, math.ceil(rows / scoring.text.batch_size)),
+    )  # fmt: skip
     if done_rows:
         dataset = dataset.map_batches(
             _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
