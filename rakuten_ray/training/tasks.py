@@ -88,7 +88,7 @@ class TextTask(DeepTask):
         from rakuten_ray.models.transformer import create_text_model
 
         source = str(weights_from) if weights_from is not None else self.spec.model
-        self.tokenizer, model = create_text_model(source, NUM_CLASSES)
+        self.tokenizer, model = create_text_model(source, NUM_CLASSES, self.spec.pooling)
         return model
 
     def collate(self, training: bool) -> Callable[[Sequence[tuple[Any, int]]], Batch]:
@@ -102,18 +102,20 @@ class TextTask(DeepTask):
         return collate
 
     def forward(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        return model(**inputs).logits
+        return model(**inputs)
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         from rakuten_ray.models.transformer import TextSettings, save_text_model
 
-        settings = TextSettings(template=self.spec.template, max_length=self.spec.max_length)
+        spec = self.spec
+        settings = TextSettings(spec.template, spec.max_length, spec.pooling)
         save_text_model(model, self.tokenizer, settings, folder)
 
     def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
         # Hugging Face sequence classifiers put their head in ``classifier`` (DistilBERT-like
-        # models add a ``pre_classifier``).
-        return tuple(name for name in TEXT_HEADS if hasattr(model, name))
+        # models add a ``pre_classifier``); SequenceClassifier holds that model as ``network``.
+        network = model.network
+        return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
 
 
 class ImageTask(DeepTask):
