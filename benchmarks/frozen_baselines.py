@@ -29,7 +29,6 @@ import common
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES
 from rakuten_ray.config import ModelSpec, load_config
@@ -39,10 +38,9 @@ from rakuten_ray.models.transformer import resolve_text_source, tokenize
 from rakuten_ray.models.vision import create_image_model, image_transforms
 from rakuten_ray.splits import stratified_splits
 from rakuten_ray.training.data import image_table, load_training_data, text_table
+from rakuten_ray.training.probe import fit_probe_head
 from rakuten_ray.training.protocol import image_rows
 
-#: Inverse L2 strengths tried; the lowest validation log loss wins.
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 BATCH = 64
 Embed = Callable[[list[Any]], np.ndarray]
 
@@ -93,28 +91,19 @@ def image_embedder(spec: ModelSpec) -> Embed:
 
 
 def probe(embed: Embed, tables: dict[str, pd.DataFrame], column: str) -> dict[str, Any]:
-    """Fit on ``train``, pick C on ``val``, score ``test``."""
+    """Fit on ``train``, pick C on ``val``, score ``test`` (the fit of ``head_fit: probe``)."""
     started = time.perf_counter()
     x = {part: embed(table[column].tolist()) for part, table in tables.items()}
     y = {part: table["label"].to_numpy() for part, table in tables.items()}
-    fits = [LogisticRegression(C=c, max_iter=3000).fit(x["train"], y["train"]) for c in C_GRID]
-    val_losses = [log_loss(proba(f, x["val"]), y["val"]) for f in fits]
-    best = int(np.argmin(val_losses))
-    test = proba(fits[best], x["test"])
+    head = fit_probe_head(x["train"], y["train"], x["val"], y["val"], NUM_CLASSES)
+    test = head.probs(x["test"])
     return {
-        "C": C_GRID[best],
+        "C": head.C,
         "weighted_f1": weighted_f1(y["test"], test.argmax(axis=1)),
         "log_loss": log_loss(test, y["test"]),
         "rows": {part: len(table) for part, table in tables.items()},
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def proba(fit: LogisticRegression, x: np.ndarray) -> np.ndarray:
-    """Probabilities over all classes (those absent from the training rows get 0)."""
-    out = np.zeros((len(x), NUM_CLASSES))
-    out[:, fit.classes_] = fit.predict_proba(x)
-    return out
 
 
 def fine_tuned(run: Path | None, name: str) -> dict[str, float] | None:

@@ -78,6 +78,14 @@ def write_config(tmp_path: Path, mutate) -> Path:
             lambda d: d["image_models"][0].update(pooling="mean"),
             "image_models[effnet_lite0].pooling: only hf_text models pool tokens",
         ),
+        (
+            lambda d: d["text_models"][1]["train"].update(head_fit="probe"),
+            "text_models[minilm].train.head_fit: only timm_image models fit a probe head",
+        ),
+        (
+            lambda d: d["image_models"][0]["train"].update(freeze_backbone_epochs=0),
+            "image_models[effnet_lite0].train.head_fit: 'probe' fits the head in the first",
+        ),
     ],
 )
 def test_validation_names_the_key(tmp_path: Path, mutate, key: str) -> None:
@@ -125,11 +133,13 @@ def test_cli_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_backbone_settings_default_to_plain_fine_tuning() -> None:
     params = TrainParams()
     assert params.backbone_lr_scale == 1.0 and params.freeze_backbone_epochs == 0
-    assert not params.freeze_batchnorm
+    assert not params.freeze_batchnorm and params.head_fit == "sgd"
     demo = load_config(CONFIGS / "demo.yaml")
     for spec in demo.image_models:
+        # A fitted head, then at least one epoch that fine-tunes the backbone.
+        assert spec.train.head_fit == "probe"
         assert 0 < spec.train.freeze_backbone_epochs < spec.train.epochs
-        assert spec.train.backbone_lr_scale < 1.0 and spec.train.freeze_batchnorm
+        assert spec.train.freeze_batchnorm
 
 
 def test_worker_side_spec_validation_names_the_key() -> None:

@@ -19,14 +19,17 @@ from conftest import write_tiny_text_backbone
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import ModelSpec, model_spec_from_dict
 from rakuten_ray.fusion.fitting import ModalityFit
+from rakuten_ray.images import load_image
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
 from rakuten_ray.models.transformer import TextClassifier, TextSettings
+from rakuten_ray.models.vision import load_image_model
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.synthetic import generate_catalogue, render_image
 from rakuten_ray.training.base_models import train_base_model
-from rakuten_ray.training.data import TrainingData, text_table, with_image_paths
+from rakuten_ray.training.data import TrainingData, image_table, text_table, with_image_paths
 from rakuten_ray.training.deep import fit_deep_model
 from rakuten_ray.training.loop import Training, parameter_groups, prepare_training, run_epoch
+from rakuten_ray.training.probe import fit_probe_head
 from rakuten_ray.training.protocol import image_rows, rows_with_text
 from rakuten_ray.training.tasks import DeepTask, make_task
 
@@ -86,11 +89,13 @@ def prior_guess_f1(rows: pd.DataFrame, seed: int = 0, draws: int = 200) -> float
     return float(np.mean([weighted_f1(y_true, rng.permutation(y_true)) for _ in range(draws)]))
 
 
-def check_history(history: list[dict[str, Any]], epochs: int) -> None:
-    """Every epoch reported exactly once, in order, with finite metrics."""
+def check_history(history: list[dict[str, Any]], epochs: int, probe_head: bool = False) -> None:
+    """Every epoch reported exactly once, in order, with finite metrics; a probe head fit
+    also reports its strength in the first epoch."""
     assert [h["epoch"] for h in history] == list(range(epochs))
     for entry in history:
-        assert set(entry) == EPOCH_METRICS
+        extra = {"head_C"} if probe_head and entry["epoch"] == 0 else set()
+        assert set(entry) == EPOCH_METRICS | extra
         assert all(np.isfinite(value) for value in entry.values())
 
 
@@ -133,15 +138,20 @@ def write_images(rows: pd.DataFrame, folder: Path, seed: int) -> pd.DataFrame:
     return rows
 
 
+def distinct_images(folder: Path, per_class: int) -> pd.DataFrame:
+    """Labelled rows of the four :data:`DISTINCT_IMAGE_CODES`, ``per_class`` of each, with
+    their pictures drawn under ``folder``."""
+    generate_catalogue(folder / "catalogue", rows=1800, test_rows=0, seed=4, images=False)
+    labelled = CatalogueDir(folder / "catalogue").labelled()
+    chosen = labelled[labelled[LABEL_COLUMN].isin(DISTINCT_IMAGE_CODES)]
+    chosen = chosen.groupby(LABEL_COLUMN, group_keys=False).head(per_class)
+    return write_images(chosen, folder / "images", seed=4)
+
+
 def test_packaged_efficientnet_learns_distinct_synthetic_images(
     ray_local: Any, tmp_path: Path
 ) -> None:
-    generate_catalogue(tmp_path / "catalogue", rows=1800, test_rows=0, seed=4, images=False)
-    labelled = CatalogueDir(tmp_path / "catalogue").labelled()
-    chosen = labelled[labelled[LABEL_COLUMN].isin(DISTINCT_IMAGE_CODES)]
-    # The same number of rows per class, so chance is about 1 / 4.
-    chosen = chosen.groupby(LABEL_COLUMN, group_keys=False).head(80)
-    rows = write_images(chosen, tmp_path / "images", seed=4)
+    rows = distinct_images(tmp_path, per_class=80)  # chance is about 1 / 4
     splits = stratified_splits(rows[LABEL_COLUMN], seed=0, test_fraction=0.25, val_fraction=0.15)
     spec = deep_spec(
         name="lite0", kind="timm_image", model="tf_efficientnet_lite0",
@@ -377,6 +387,66 @@ def test_frozen_batchnorm_trains_the_backbone_but_keeps_its_statistics(
     assert any(k.endswith("weight") for k in moved)
     statistics = ("running_mean", "running_var", "num_batches_tracked")
     assert not [k for k in moved if k.endswith(statistics)]
+
+
+def frozen_features(task: DeepTask, model: torch.nn.Module, table: pd.DataFrame) -> np.ndarray:
+    """The pretrained backbone's pooled features of each row's image, eval transform."""
+    _, transform = task.transforms
+    pixels = torch.stack([transform(load_image(path).image) for path in table["path"]])
+    with torch.inference_mode():
+        return model.eval().forward_head(model.forward_features(pixels), pre_logits=True).numpy()
+
+
+def test_a_probe_head_fit_is_the_logistic_regression_of_the_frozen_features(
+    image_rows_table: pd.DataFrame,
+) -> None:
+    train, val = image_rows_table.iloc[:16], image_rows_table.iloc[16:]
+    val = val[val["label"].isin(train["label"])]  # a class never trained on gets almost 0
+    spec = image_spec(epochs=2, freeze_backbone_epochs=1, head_fit="probe")
+    task, run = plain_run(spec, train)
+    start_backbone = backbone_state(run.model, run.head)
+    expected = fit_probe_head(
+        frozen_features(task, run.model, train), train["label"].to_numpy(),
+        frozen_features(task, run.model, val), val["label"].to_numpy(), 27,
+    )  # fmt: skip
+
+    metrics = run_epoch(task, run, spec.train, val, 0, 0, torch.device("cpu"), autocast=False)
+    assert changed(start_backbone, backbone_state(run.model, run.head)) == []
+    head = run.model.classifier
+    np.testing.assert_allclose(head.weight.detach().numpy(), expected.weight, atol=1e-6)
+    np.testing.assert_allclose(head.bias.detach().numpy(), expected.bias, atol=1e-6)
+    assert metrics["head_C"] == expected.C
+    assert metrics["train_loss"] == pytest.approx(expected.train_log_loss)
+    # The epoch's validation loss is the fitted head's, as scoring computes it.
+    assert metrics["val_log_loss"] == pytest.approx(expected.val_log_loss, abs=1e-4)
+    assert metrics["val_log_loss"] < np.log(27)  # the zero head's
+
+    run_epoch(task, run, spec.train, val, 1, 0, torch.device("cpu"), autocast=False)
+    assert changed(start_backbone, backbone_state(run.model, run.head))  # now fine-tuned
+
+
+def test_two_cpu_workers_fit_a_probe_head_then_fine_tune(ray_local: Any, tmp_path: Path) -> None:
+    """Under DDP each worker embeds its shard of the rows; the gathered features give the
+    head that the saved best model carries."""
+    table = image_table(distinct_images(tmp_path, per_class=16))
+    train, val = table.iloc[::2], table.iloc[1::2]
+    spec = deep_spec(
+        name="lite0_probe", kind="timm_image", model="tf_efficientnet_lite0",
+        pretrained="package:efficientnet_lite0", image_size=64,
+        train={"epochs": 2, "batch_size": 8, "learning_rate": 1e-4, "freeze_backbone_epochs": 1,
+               "head_fit": "probe", "patience": 2},
+        scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 0},
+    )  # fmt: skip
+    fit = fit_deep_model(spec, train, val, tmp_path / "run", seed=0)
+
+    check_history(fit.history, 2, probe_head=True)
+    probe_epoch = fit.history[0]
+    # Four balanced classes: a head that learned only their shares scores log(4); measured 1.20.
+    assert probe_epoch["val_log_loss"] < np.log(4), probe_epoch
+    classifier = load_image_model(fit.model_dir, device="cpu")
+    logits = classifier.logits([load_image(path).image for path in val["path"]])
+    loss = log_loss(softmax(logits), val["label"].to_numpy())
+    assert loss == pytest.approx(fit.history[fit.best_epoch]["val_log_loss"], abs=1e-4)
 
 
 def labelled_frame(codes: list[int], start: int) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from rakuten_ray.catalog import NUM_CLASSES
 from rakuten_ray.config import TrainParams, model_spec_from_dict
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
-from rakuten_ray.training.tasks import DeepTask, make_task, move_to
+from rakuten_ray.training.probe import fit_probe_head
+from rakuten_ray.training.tasks import DeepTask, RowsDataset, make_task, move_to
 
 TRAIN_STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -127,7 +130,46 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+Forward = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+
 @torch.inference_mode()
+def predict_rows(
+    task: DeepTask,
+    model: torch.nn.Module,
+    dataset: RowsDataset,
+    batch_size: int,
+    device: torch.device,
+    autocast: bool,
+    forward: Forward,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``forward``'s outputs for every row of ``dataset`` in eval mode, and whether each row's
+    input was usable (an unusable image is a blank one), computed in rank-strided slices and
+    gathered on every rank."""
+    rank, world = _world()
+    positions = np.arange(rank, len(dataset), world)
+    shard = RowsDataset([dataset.rows[i] for i in positions])
+    loader = DataLoader(shard, batch_size=batch_size, collate_fn=task.collate(False))
+    model.eval()
+    chunks, usable = [], []
+    for inputs, _, weights in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            chunks.append(forward(model, move_to(inputs, device)).float().cpu().numpy())
+        usable.append(weights.numpy() > 0)
+    local = np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
+    local_usable = np.concatenate(usable) if usable else np.empty(0, dtype=bool)
+    if world == 1:
+        return local, local_usable
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (positions, local, local_usable))
+    width = max(part.shape[1] for _, part, _ in gathered)
+    out = np.empty((len(dataset), width), dtype=np.float32)
+    out_usable = np.empty(len(dataset), dtype=bool)
+    for part_positions, part, part_usable in gathered:
+        out[part_positions], out_usable[part_positions] = part, part_usable
+    return out, out_usable
+
+
 def predict_logits(
     task: DeepTask,
     model: torch.nn.Module,
@@ -136,26 +178,41 @@ def predict_logits(
     device: torch.device,
     autocast: bool,
 ) -> np.ndarray:
-    """Logits of every row of ``table``, computed in rank-strided slices and gathered."""
-    rank, world = _world()
-    positions = np.arange(rank, len(table), world)
-    loader = DataLoader(
-        task.dataset(table.iloc[positions]), batch_size=batch_size, collate_fn=task.collate(False)
-    )
-    model.eval()
-    chunks = []
-    for inputs, _, _ in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            chunks.append(task.forward(model, move_to(inputs, device)).float().cpu().numpy())
-    local = np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
-    if world == 1:
-        return local
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, (positions, local))
-    out = np.empty((len(table), max(part.shape[1] for _, part in gathered)), dtype=np.float32)
-    for part_positions, part in gathered:
-        out[part_positions] = part
-    return out
+    """Logits of every row of ``table``."""
+    dataset = task.dataset(table)
+    return predict_rows(task, model, dataset, batch_size, device, autocast, task.forward)[0]
+
+
+def _fit_probe_head(
+    task: DeepTask,
+    run: Training,
+    params: TrainParams,
+    val_table: pd.DataFrame,
+    device: torch.device,
+    autocast: bool,
+) -> dict[str, float]:
+    """``head_fit: probe``: set the head to a logistic regression fitted on the frozen
+    backbone's features of the training rows; returns the fit's training loss and strength.
+
+    Every rank fits on the same gathered features; rank 0's head is then broadcast so the
+    DDP replicas cannot drift apart by a rounding difference.
+    """
+    features = {}
+    for part, dataset in (("train", run.loader.dataset), ("val", task.dataset(val_table))):
+        values, usable = predict_rows(
+            task, run.model, dataset, params.eval_batch_size, device, autocast, task.features
+        )
+        labels = np.array([label for _, label in dataset.rows], dtype=np.int64)
+        features[part] = (values[usable], labels[usable])
+    head = fit_probe_head(*features["train"], *features["val"], NUM_CLASSES)
+    layer = task.head_layer(run.model)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(head.weight))
+        layer.bias.copy_(torch.from_numpy(head.bias))
+        if _world()[1] > 1:
+            for tensor in (layer.weight, layer.bias):
+                dist.broadcast(tensor, src=0)
+    return {"train_loss": head.train_log_loss, "head_C": head.C}
 
 
 def _train_one_epoch(
@@ -239,7 +296,9 @@ def prepare_training(
     optimizer = torch.optim.AdamW(
         parameter_groups(model, head, params), weight_decay=params.weight_decay
     )
-    total_steps = max(1, len(loader) * params.epochs)
+    # A probe head fit takes no optimiser step: the schedule spans the epochs that do.
+    stepped_epochs = params.epochs - (params.head_fit == "probe")
+    total_steps = max(1, len(loader) * stepped_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params, total_steps))
     state = LoopState()
     if restored is not None:
@@ -272,14 +331,17 @@ def run_epoch(
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)  # a different shuffle each epoch under DistributedSampler
     frozen = epoch < params.freeze_backbone_epochs
-    train_loss = _train_one_epoch(task, run, params, device, autocast, frozen)
+    if epoch == 0 and params.head_fit == "probe":
+        fitted = _fit_probe_head(task, run, params, val_table, device, autocast)
+    else:
+        fitted = {"train_loss": _train_one_epoch(task, run, params, device, autocast, frozen)}
     train_seconds = time.perf_counter() - started
     logits = predict_logits(task, run.model, val_table, params.eval_batch_size, device, autocast)
     probs = softmax(logits)
     y_val = val_table["label"].to_numpy(dtype=np.int64)
     return {
         "epoch": epoch,
-        "train_loss": train_loss,
+        **fitted,
         MONITOR: log_loss(probs, y_val),
         "val_weighted_f1": weighted_f1(y_val, probs.argmax(axis=1)),
         "train_seconds": train_seconds,

@@ -74,6 +74,14 @@ class DeepTask(ABC):
         """Names of the submodules that form the new classification head (the rest is the
         pretrained backbone)."""
 
+    def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        """What the linear head reads for a batch (``head_fit: probe`` fits the head on it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")
+
+    def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
+        """The linear head that :meth:`features` feed."""
+        raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")
+
 
 class TextTask(DeepTask):
     """Fine-tuning a Hugging Face sequence classifier."""
@@ -169,6 +177,14 @@ class ImageTask(DeepTask):
     def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
         heads = model.pretrained_cfg["classifier"]  # timm names its head(s) here
         return (heads,) if isinstance(heads, str) else tuple(heads)
+
+    def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        # The unwrapped network: DistributedDataParallel only exposes ``forward``.
+        network = getattr(model, "module", model)
+        return network.forward_head(network.forward_features(inputs), pre_logits=True)
+
+    def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
+        return getattr(model, "module", model).get_classifier()
 
 
 def make_task(spec: ModelSpec) -> DeepTask:
