@@ -56,8 +56,9 @@ class Tables:
 
 
 def benchmark_spec(spec: ModelSpec) -> ModelSpec:
-    """The demo spec for one full fine-tuning epoch (no frozen warm-up, no retries)."""
-    train = replace(spec.train, epochs=1, freeze_backbone_epochs=0)
+    """The demo spec for one full fine-tuning epoch (no frozen warm-up or head fit, no
+    retries)."""
+    train = replace(spec.train, epochs=1, freeze_backbone_epochs=0, head_fit="sgd")
     scaling = replace(spec.scaling, num_workers=1, cpus_per_worker=THREADS, max_failures=0)
     return replace(spec, train=train, scaling=scaling)
 
