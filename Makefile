@@ -26,9 +26,9 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
-# Benchmarks, never part of `make test`: about an hour on 2 cores at the default sizes (the
-# 100,000-row scaling run alone takes about 25 minutes). The first run also trains two small
-# bundles into benchmarks/.cache/. Tables on the terminal, numbers in benchmarks/results/*.json;
+# Benchmarks, never part of `make test`: about two hours on 2 cores at the default sizes (the
+# 100,000-row scaling run about 25 minutes, the 2,000-row throughput runs about 40). The first
+# run also trains two small bundles into benchmarks/.cache/. Tables on the terminal, numbers in benchmarks/results/*.json;
 # see docs/performance.md. Options for every script go in BENCH_ARGS (e.g.
 # BENCH_ARGS="--bundle demo_run/run/bundle"), row counts in SCALING_ROWS.
 BENCH_ARGS ?=
