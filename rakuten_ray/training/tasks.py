@@ -146,7 +146,7 @@ class ImageTask(DeepTask):
         model = create_image_model(self.spec.model, NUM_CLASSES, pretrained)
         self.transforms = image_transforms(model, self.spec.image_size, self.spec.augmentation)
         # Channels-last, as in scoring: on CPU a training step of EfficientNet-Lite0 at 224 px
-        # takes 86 ms per image instead of 135 (docs/performance.md); cuDNN prefers it too.
+        # costs about half as much per image (benchmarks/image_layout.py); cuDNN prefers it too.
         return model.to(memory_format=torch.channels_last)
 
     def collate(self, training: bool) -> Callable[[Sequence[tuple[Any, int]]], Batch]:
