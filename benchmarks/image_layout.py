@@ -45,8 +45,11 @@ def fastest(step: Callable[[], None], repeats: int) -> float:
     return min(times)
 
 
-def measure(spec: ModelSpec, layout: torch.memory_format, repeats: int) -> dict[str, float]:
-    """Milliseconds per image of a training step and of eval forward passes."""
+def training_step(
+    spec: ModelSpec, layout: torch.memory_format
+) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """The image model of ``spec`` in ``layout`` and one training step of it on random pixels
+    at the training batch size (batch-norm statistics frozen as the config says)."""
     torch.manual_seed(0)
     task = make_task(spec)
     model = task.build().to(memory_format=layout)
@@ -55,13 +58,21 @@ def measure(spec: ModelSpec, layout: torch.memory_format, repeats: int) -> dict[
     labels = torch.randint(0, 27, (batch,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.learning_rate)
 
-    def train_step() -> None:
+    def step() -> None:
         model.train()
         freeze_backbone(model, task.head_names(model), False, spec.train.freeze_batchnorm)
         loss = torch.nn.functional.cross_entropy(model(pixels), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return model, step
+
+
+def measure(spec: ModelSpec, layout: torch.memory_format, repeats: int) -> dict[str, float]:
+    """Milliseconds per image of a training step and of eval forward passes."""
+    model, train_step = training_step(spec, layout)
+    batch, size = spec.train.batch_size, spec.image_size
 
     @torch.inference_mode()
     def forward(images: torch.Tensor) -> None:
