@@ -19,7 +19,7 @@ Prints a table and writes ``benchmarks/results/frozen_baselines.json``.
 from __future__ import annotations
 
 import argparse
-import json
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,16 +30,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES
-from rakuten_ray.config import ModelSpec, load_config
+from rakuten_ray.catalog import NUM_CLASSES
+from rakuten_ray.config import load_config
 from rakuten_ray.images import load_image
+from rakuten_ray.layout import RunLayout
 from rakuten_ray.metrics import log_loss, weighted_f1
+from rakuten_ray.models.kinds.hf_text import HfTextSpec
+from rakuten_ray.models.kinds.timm_image import TimmImageSpec
+from rakuten_ray.models.registry import Modality
 from rakuten_ray.models.transformer import resolve_text_source, tokenize
 from rakuten_ray.models.vision import create_image_model, image_transforms
-from rakuten_ray.splits import stratified_splits
 from rakuten_ray.training.data import image_table, load_training_data, text_table
 from rakuten_ray.training.probe import fit_probe_head
-from rakuten_ray.training.protocol import image_rows
+from rakuten_ray.training.protocol import split_rows
+from rakuten_ray.training.report import TrainingReport
 
 BATCH = 64
 Embed = Callable[[list[Any]], np.ndarray]
@@ -50,7 +54,7 @@ def batches(items: list[Any]) -> Iterator[list[Any]]:
         yield items[start : start + BATCH]
 
 
-def text_embedders(spec: ModelSpec) -> dict[str, Embed]:
+def text_embedders(spec: HfTextSpec) -> dict[str, Embed]:
     """Mean-of-tokens and first-token embeddings from the frozen pretrained text encoder."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -74,9 +78,12 @@ def text_embedders(spec: ModelSpec) -> dict[str, Embed]:
     return {"mean of tokens": mean, "first token": first}
 
 
-def image_embedder(spec: ModelSpec) -> Embed:
+def image_embedder(spec: TimmImageSpec) -> Embed:
     """timm's pooled features of the frozen pretrained image model, eval transform."""
-    model = create_image_model(spec.model, NUM_CLASSES, spec.pretrained).eval()
+    model = create_image_model(
+        spec.model, NUM_CLASSES, spec.pretrained, model_args=spec.model_args,
+        revision=spec.revision,
+    ).eval()  # fmt: skip
     _, transform = image_transforms(model, spec.image_size)
 
     @torch.inference_mode()
@@ -109,8 +116,8 @@ def probe(embed: Embed, tables: dict[str, pd.DataFrame], column: str) -> dict[st
 def fine_tuned(run: Path | None, name: str) -> dict[str, float] | None:
     if run is None:
         return None
-    report = json.loads((run / "metrics.json").read_text())["base_models"][name]["internal_test"]
-    return {"weighted_f1": report["weighted_f1"], "log_loss": report["log_loss"]}
+    scores = TrainingReport.load(RunLayout(run).metrics).base_models[name].internal_test
+    return {"weighted_f1": scores.weighted_f1, "log_loss": scores.log_loss}
 
 
 def main() -> None:
@@ -122,18 +129,17 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, args.set)
     data = load_training_data(args.data)
-    splits = stratified_splits(
-        data.labelled[LABEL_COLUMN], config.seed, config.splits.test_fraction,
-        config.splits.val_fraction,
-    )  # fmt: skip
-    images = image_rows(data, splits)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = split_rows(config, data, RunLayout(Path(scratch)), log=lambda _: None)
+    text, images = rows.by_modality[Modality.TEXT], rows.by_modality[Modality.IMAGE]
     results: list[dict[str, Any]] = []
     for spec in config.text_models:
-        if spec.kind != "hf_text":
+        if not isinstance(spec, HfTextSpec):
             continue
         tables = {
-            part: text_table(data.labelled.loc[rows], spec.template)
-            for part, rows in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+            "train": text_table(text.train, spec.template),
+            "val": text_table(text.val, spec.template),
+            "test": text_table(text.heldout.loc[rows.splits.test], spec.template),
         }
         for pooling, embed in text_embedders(spec).items():
             print(f"[baseline] {spec.name}: frozen, {pooling}", flush=True)
@@ -143,7 +149,7 @@ def main() -> None:
         tables = {
             "train": image_table(images.train),
             "val": image_table(images.val),
-            "test": image_table(images.heldout.loc[images.test]),
+            "test": image_table(images.heldout.loc[rows.test]),
         }
         print(f"[baseline] {spec.name}: frozen, {spec.image_size} px", flush=True)
         found = probe(image_embedder(spec), tables, "path")

@@ -23,9 +23,10 @@ from collections.abc import Callable
 import common
 import torch
 
-from rakuten_ray.config import ModelSpec, load_config
+from rakuten_ray.config import load_config
+from rakuten_ray.models.kinds.timm_image import TimmImageSpec
+from rakuten_ray.models.registry import kind_of
 from rakuten_ray.training.loop import freeze_backbone
-from rakuten_ray.training.tasks import make_task
 
 THREADS = 2
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -46,12 +47,12 @@ def fastest(step: Callable[[], None], repeats: int) -> float:
 
 
 def training_step(
-    spec: ModelSpec, layout: torch.memory_format
+    spec: TimmImageSpec, layout: torch.memory_format
 ) -> tuple[torch.nn.Module, Callable[[], None]]:
     """The image model of ``spec`` in ``layout`` and one training step of it on random pixels
     at the training batch size (batch-norm statistics frozen as the config says)."""
     torch.manual_seed(0)
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     model = task.build().to(memory_format=layout)
     batch, size = spec.train.batch_size, spec.image_size
     pixels = torch.randn(batch, 3, size, size).contiguous(memory_format=layout)
@@ -69,7 +70,7 @@ def training_step(
     return model, step
 
 
-def measure(spec: ModelSpec, layout: torch.memory_format, repeats: int) -> dict[str, float]:
+def measure(spec: TimmImageSpec, layout: torch.memory_format, repeats: int) -> dict[str, float]:
     """Milliseconds per image of a training step and of eval forward passes."""
     model, train_step = training_step(spec, layout)
     batch, size = spec.train.batch_size, spec.image_size

@@ -31,16 +31,12 @@ from common import (
     write_results,
 )
 
+from rakuten_ray.bundle import open_bundle
 from rakuten_ray.catalog import image_path, read_products
 from rakuten_ray.images import load_image
+from rakuten_ray.layout import IMAGE_PROBS
 from rakuten_ray.scoring.rows import normalise_batch
-from rakuten_ray.scoring.stages import (
-    IMAGE_PROBS,
-    FusionStage,
-    ImageStage,
-    TextStage,
-    limit_threads,
-)
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, limit_threads
 
 
 @dataclass(frozen=True)
@@ -193,7 +189,8 @@ def main() -> None:
         "batch_rows": args.batch,
         "machine_before": machine(),
     }
-    text, image = TextStage(bundle), ImageStage(bundle, str(image_dir))
+    pools = open_bundle(bundle).scoring()
+    text, image = TextStage(bundle, pools.text), ImageStage(bundle, str(image_dir), pools.image)
     results = {
         "text": profile_call(text, batch, TEXT_PARTS),
         "image": profile_call(image, batch, IMAGE_PARTS),
@@ -202,7 +199,7 @@ def main() -> None:
     results["image"]["torch_ops"] = torch_ops(image, batch)
     results["image"]["one_thread"] = per_image_costs(image, batch)
     fused = pd.concat([text(batch), image(batch)[["image_status", *IMAGE_PROBS]]], axis=1)
-    results["fusion"] = profile_call(FusionStage(bundle), fused, FUSION_PARTS)
+    results["fusion"] = profile_call(FusionStage(bundle, pools.fusion), fused, FUSION_PARTS)
     payload.update(stages=results, machine_after=machine())
     for name, result in results.items():
         print_profile(name, result)

@@ -34,12 +34,12 @@ from common import (
     write_results,
 )
 
-from rakuten_ray.bundle import CONFIG_FILE
-from rakuten_ray.config import load_config
+from rakuten_ray.bundle import open_bundle
+from rakuten_ray.layout import IMAGE_PROBS
 from rakuten_ray.scoring.local import DEFAULT_BATCH_ROWS
 from rakuten_ray.scoring.rows import input_files, normalise_batch, stage_inputs
 from rakuten_ray.scoring.run import ROWS_PER_SHARD
-from rakuten_ray.scoring.stages import IMAGE_PROBS, FusionStage, ImageStage, TextStage
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
 
 STAGES = ("text", "image", "fusion")
 #: Targets of the performance issue, checked in the report.
@@ -58,7 +58,7 @@ class Dataset:
 
 def batch_sizes(bundle: Path) -> dict[str, dict[str, int]]:
     """Rows per batch of each stage, per engine: the local engine uses one size for all."""
-    scoring = load_config(bundle / CONFIG_FILE).scoring
+    scoring = open_bundle(bundle).scoring()
     return {
         "local": dict.fromkeys(STAGES, DEFAULT_BATCH_ROWS),
         "ray": {stage: getattr(scoring, stage).batch_size for stage in STAGES},
@@ -90,10 +90,11 @@ def time_stage(stage: Any, frame: pd.DataFrame, size: int) -> tuple[pd.DataFrame
 def load_stages(bundle: Path, image_dir: Path) -> tuple[dict[str, Any], float]:
     """The three stages built as the local engine builds them, and the seconds it took."""
     started = time.perf_counter()
+    pools = open_bundle(bundle).scoring()
     stages = {
-        "text": TextStage(str(bundle)),
-        "image": ImageStage(str(bundle), str(image_dir)),
-        "fusion": FusionStage(str(bundle)),
+        "text": TextStage(str(bundle), pools.text),
+        "image": ImageStage(str(bundle), str(image_dir), pools.image),
+        "fusion": FusionStage(str(bundle), pools.fusion),
     }
     return stages, time.perf_counter() - started
 

@@ -32,12 +32,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from rakuten_ray.config import ModelSpec, load_config
+from rakuten_ray.config import load_config
 from rakuten_ray.images import load_image
-from rakuten_ray.training.data import image_table, load_training_data, text_table
+from rakuten_ray.models.registry import kind_of
+from rakuten_ray.models.spec import DeepModelSpec
+from rakuten_ray.training.data import load_training_data
 from rakuten_ray.training.deep import fit_deep_model
 from rakuten_ray.training.loop import prepare_training, run_epoch
-from rakuten_ray.training.tasks import make_task
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared/data/rakuten_sample"
@@ -55,7 +56,7 @@ class Tables:
     val: pd.DataFrame
 
 
-def benchmark_spec(spec: ModelSpec) -> ModelSpec:
+def benchmark_spec(spec: DeepModelSpec) -> DeepModelSpec:
     """The demo spec for one full fine-tuning epoch (no frozen warm-up or head fit, no
     retries)."""
     train = replace(spec.train, epochs=1, freeze_backbone_epochs=0, head_fit="sgd")
@@ -63,13 +64,11 @@ def benchmark_spec(spec: ModelSpec) -> ModelSpec:
     return replace(spec, train=train, scaling=scaling)
 
 
-def model_tables(spec: ModelSpec, data_dir: Path, rows: int, val_rows: int) -> Tables:
+def model_tables(spec: DeepModelSpec, data_dir: Path, rows: int, val_rows: int) -> Tables:
     """A fixed subset of the sample: text rows for text models, images for image models."""
     data = load_training_data(data_dir)
-    if spec.kind == "hf_text":
-        table = text_table(data.labelled, spec.template)
-    else:
-        table = image_table(pd.concat([data.labelled, data.images_only]))
+    kind = kind_of(spec)
+    table = kind.table(spec, data.rows_for(kind.modality))
     subset = table.sample(n=min(len(table), rows + val_rows), random_state=SEED)
     return Tables(train=subset.iloc[:rows], val=subset.iloc[rows:])
 
@@ -87,11 +86,11 @@ def timed(action: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def plain_epoch(spec: ModelSpec, tables: Tables) -> dict[str, float]:
+def plain_epoch(spec: DeepModelSpec, tables: Tables) -> dict[str, float]:
     """The epoch in this process, without Ray."""
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     cpu = torch.device("cpu")
     run, setup = timed(lambda: prepare_training(task, spec.train, tables.train, device=cpu))
     metrics, total = timed(
@@ -100,7 +99,7 @@ def plain_epoch(spec: ModelSpec, tables: Tables) -> dict[str, float]:
     return {**_epoch_times(metrics), "setup_seconds": setup, "total_seconds": setup + total}
 
 
-def ray_epoch(spec: ModelSpec, tables: Tables, work_dir: Path) -> dict[str, float]:
+def ray_epoch(spec: DeepModelSpec, tables: Tables, work_dir: Path) -> dict[str, float]:
     """The epoch under Ray Train (``TorchTrainer``, one worker), as ``rakuten-ray train`` runs."""
     fit, total = timed(lambda: fit_deep_model(spec, tables.train, tables.val, work_dir, SEED))
     times = _epoch_times(fit.history[0])
@@ -117,7 +116,7 @@ def fastest(runs: list[dict[str, float]]) -> dict[str, float]:
     return min(runs, key=lambda run: run["epoch_seconds"])
 
 
-def compare(spec: ModelSpec, tables: Tables, repeats: int, scratch: Path) -> dict[str, Any]:
+def compare(spec: DeepModelSpec, tables: Tables, repeats: int, scratch: Path) -> dict[str, Any]:
     """``repeats`` epochs on each path, alternating which goes first."""
     plain, under_ray = [], []
     for repeat in range(repeats):

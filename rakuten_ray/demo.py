@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rakuten_ray.config import load_config
+from rakuten_ray.training.report import Scores, TrainingReport
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -38,27 +39,23 @@ class PhaseClock:
         self.say(f"[demo] {name} done in {self.seconds[name]:.0f}s (total {total:.0f}s)")
 
 
-def _row(name: str, summary: dict[str, float], ece_before: float | None = None) -> list[str]:
+def _row(name: str, scores: Scores, ece_before: float | None = None) -> list[str]:
     before = f"{ece_before:.3f}" if ece_before is not None else "-"
     return [
-        name,
-        f"{summary['weighted_f1']:.3f}",
-        f"{summary['log_loss']:.3f}",
-        before,
-        f"{summary['ece']:.3f}",
+        name, f"{scores.weighted_f1:.3f}", f"{scores.log_loss:.3f}", before, f"{scores.ece:.3f}"
     ]
 
 
-def metrics_rows(train_metrics: dict[str, Any], test_metrics: dict[str, Any]) -> list[list[str]]:
+def metrics_rows(report: TrainingReport, test_metrics: dict[str, Any]) -> list[list[str]]:
     """The summary table: each base model, each blend and the stack."""
     rows = []
-    for name, model in train_metrics["base_models"].items():
-        before = model["calibration"]["before"]["ece"]
-        rows.append(_row(f"{name} ({model['kind']})", model["internal_test"], before))
-    for name, blend in train_metrics["blends"].items():
-        rows.append(_row(f"{name} blend", blend["internal_test"]))
-    rows.append(_row("stack (cross-fitted)", train_metrics["stack"]["final_internal_test"]))
-    rows.append(_row("stack on the demo test rows", test_metrics["final"]))
+    for name, model in report.base_models.items():
+        before = model.calibration.before["ece"]
+        rows.append(_row(f"{name} ({model.kind})", model.internal_test, before))
+    for name, blend in report.blends.items():
+        rows.append(_row(f"{name} blend", blend.internal_test))
+    rows.append(_row("stack (cross-fitted)", report.stack.final_internal_test))
+    rows.append(_row("stack on the demo test rows", Scores(**test_metrics["final"])))
     return rows
 
 
@@ -75,7 +72,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 def html_sections(
     table: list[list[str]],
-    train_metrics: dict[str, Any],
+    report: TrainingReport,
     test_metrics: dict[str, Any],
     timings: dict[str, float],
 ) -> list[str]:
@@ -89,10 +86,9 @@ def html_sections(
         return f"<table><tr>{head}</tr>{body}</table>"
 
     fusion = [
-        [name, f"{model.get('calibration', {}).get('temperature', 1.0):.3f}",
-         f"{train_metrics['blends'][_modality(model['kind'])]['weights'].get(name, 0.0):.3f}"]
-        for name, model in train_metrics["base_models"].items()
-    ]  # fmt: skip
+        [name, f"{model.calibration.temperature:.3f}", f"{model.blend_weight:.3f}"]
+        for name, model in report.base_models.items()
+    ]
     without = test_metrics["rows_without_image"]
     total = without + test_metrics["rows_with_image"]
     return [
@@ -108,10 +104,6 @@ def html_sections(
         "<h2>Timings</h2>",
         html_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]),
     ]
-
-
-def _modality(kind: str) -> str:
-    return "image" if kind == "timm_image" else "text"
 
 
 def run_demo(
@@ -132,8 +124,8 @@ def run_demo(
         generate_catalogue(data, rows=rows, test_rows=test_rows, seed=seed)
     with clock.phase("start Ray"):
         ensure_ray()
-    with clock.phase("train (splits, 4 base models, fusion, refit, bundle)"):
-        train_metrics = run_training(config, data, run, log=lambda line: print(f"  {line}"))
+    with clock.phase(f"train (splits, {len(config.models())} base models, fusion, refit, bundle)"):
+        report = run_training(config, data, run, log=lambda line: print(f"  {line}"))
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(
             run / "bundle", data / "X_test_update.csv", data / "images" / "image_test", scores,
@@ -141,8 +133,8 @@ def run_demo(
         )  # fmt: skip
     with clock.phase("evaluate and write the report"):
         evaluation = compute_evaluation(scores, data / Y_TEST_FILE, report, run)
-        table = metrics_rows(train_metrics, evaluation.metrics)
-    sections = html_sections(table, train_metrics, evaluation.metrics, clock.seconds)
+        table = metrics_rows(report, evaluation.metrics)
+    sections = html_sections(table, report, evaluation.metrics, clock.seconds)
     write_html_report(report / "index.html", "rakuten-ray demo", evaluation, sections)
     print()
     print(format_table(table))

@@ -14,15 +14,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from rakuten_ray.bundle import FUSION_FILE, FusionState
 from rakuten_ray.catalog import CATEGORY_NAMES, CLASS_CODES, codes_to_indices, read_labels
 from rakuten_ray.fusion.calibration import apply_temperature
+from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, ImageStatus, RunLayout, ScoringLayout
 from rakuten_ray.metrics import classification_summary, reliability_curve, softmax, weighted_f1
-from rakuten_ray.scoring.rows import INDEX_COLUMN
-from rakuten_ray.scoring.stages import FINAL_PROBS
-
-HELDOUT_SCORES_FILE = "heldout_scores.parquet"
-HELDOUT_LABELS_FILE = "heldout_labels.parquet"
+from rakuten_ray.training.report import TrainingReport
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -87,12 +83,15 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
     )
 
 
-def calibration_curves(run_dir: Path, temperatures: dict[str, float]) -> dict[str, Any]:
+def calibration_curves(run_dir: Path) -> dict[str, Any]:
     """Before/after-temperature probabilities of each base model on a run's held-out rows."""
-    labels = pd.read_parquet(run_dir / HELDOUT_LABELS_FILE)["label"]
+    run = RunLayout(run_dir)
+    labels = pd.read_parquet(run.heldout_labels)["label"]
+    report = TrainingReport.load(run.metrics)
     curves = {}
-    for name, temperature in temperatures.items():
-        scores = pd.read_parquet(run_dir / "base_models" / name / HELDOUT_SCORES_FILE)
+    for name, model in report.base_models.items():
+        temperature = model.calibration.temperature
+        scores = pd.read_parquet(run.heldout_scores(name))
         y_idx = labels.loc[scores.index].to_numpy()
         logits = scores.to_numpy(dtype=np.float64)
         curves[name] = {
@@ -122,8 +121,7 @@ def compute_evaluation(
         out_dir: report folder.
         run_dir: optional training run, for before/after calibration diagrams of its models.
     """
-    folder = predictions / "predictions" if (predictions / "predictions").is_dir() else predictions
-    table = pd.read_parquet(folder)
+    table = pd.read_parquet(ScoringLayout(predictions).parquet_dir())
     labels = read_labels(labels_csv)
     table = table[table[INDEX_COLUMN].isin(labels.index)]
     if table.empty:
@@ -131,7 +129,7 @@ def compute_evaluation(
     y_true = codes_to_indices(labels.loc[table[INDEX_COLUMN].to_numpy()].to_numpy())
     probs = table[FINAL_PROBS].to_numpy(dtype=np.float64)
     y_pred = probs.argmax(axis=1)
-    with_image = (table["image_status"] == "ok").to_numpy()
+    with_image = (table["image_status"] == ImageStatus.OK.value).to_numpy()
     out_dir.mkdir(parents=True, exist_ok=True)
     text_codes = codes_to_indices(table["text_prdtypecode"].to_numpy())
     metrics: dict[str, Any] = {
@@ -157,7 +155,7 @@ def compute_evaluation(
         ),
     }
     if run_dir is not None:
-        for name, curves in calibration_curves(run_dir, _temperatures(run_dir)).items():
+        for name, curves in calibration_curves(run_dir).items():
             caption = f"Reliability of {name} before and after temperature scaling"
             figures[caption] = plot_reliability(curves, name, out_dir / f"reliability_{name}.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -171,11 +169,6 @@ def evaluate_predictions(
     evaluation = compute_evaluation(predictions, labels_csv, out_dir, run_dir)
     write_html_report(out_dir / "index.html", "Evaluation", evaluation)
     return evaluation.metrics
-
-
-def _temperatures(run_dir: Path) -> dict[str, float]:
-    fusion = FusionState.from_json((run_dir / "bundle" / FUSION_FILE).read_text())
-    return {m.name: m.temperature for m in [*fusion.text_models, *fusion.image_models]}
 
 
 def _img(path: Path) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from rakuten_ray.layout import ImageStatus
 
 #: Largest image decoded, in pixels. Catalogue photos are at most a few megapixels; a file
 #: whose header claims more is a decompression bomb (a tiny file that would expand into
@@ -24,15 +25,6 @@ _BACKGROUND = (255, 255, 255)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
-class ImageStatus(str, Enum):
-    """Outcome of loading one image file."""
-
-    OK = "ok"
-    MISSING = "missing"
-    UNREADABLE = "unreadable"
-    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_models import TinyProductionModels
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,21 +32,22 @@ def rakuten_sample() -> Path:
 
 def read_predictions(out: Path) -> pd.DataFrame:
     """A scoring run's predictions, in input order."""
-    from rakuten_ray.scoring.run import PREDICTIONS_DIR
+    from rakuten_ray.layout import ScoringLayout
 
-    return pd.read_parquet(out / PREDICTIONS_DIR).sort_values("row").reset_index(drop=True)
+    return pd.read_parquet(ScoringLayout(out).predictions).sort_values("row").reset_index(drop=True)
 
 
 def assert_same_predictions(first: Path, second: Path) -> None:
     """Two scoring runs gave the same output: every value bit for bit, the same submission."""
-    from rakuten_ray.scoring.run import SUBMISSION_FILE
+    from rakuten_ray.layout import ScoringLayout
 
     # The engines' Parquet writers give integer columns different pandas dtypes; values and
     # nulls must still match exactly.
     pd.testing.assert_frame_equal(
         read_predictions(first), read_predictions(second), check_exact=True, check_dtype=False
     )
-    assert (first / SUBMISSION_FILE).read_bytes() == (second / SUBMISSION_FILE).read_bytes()
+    submissions = [ScoringLayout(out).submission.read_bytes() for out in (first, second)]
+    assert submissions[0] == submissions[1]
 
 
 def nullable_ints(values: pd.Series) -> list[int | None]:
@@ -72,50 +74,6 @@ def write_tiny_text_backbone(folder: Path) -> Path:
     return folder
 
 
-def tiny_config_dict(text_backbone: Path) -> dict:
-    """A config whose four base models train in seconds on a few hundred rows."""
-    deep_train = {
-        "epochs": 2, "batch_size": 32, "eval_batch_size": 64, "learning_rate": 2e-3,
-        "warmup_ratio": 0.1, "patience": 2,
-    }  # fmt: skip
-    one_worker = {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 1}
-    image = {
-        "kind": "timm_image", "image_size": 32,
-        "train": {**deep_train, "learning_rate": 1e-3}, "scaling": one_worker,
-    }  # fmt: skip
-    return {
-        "name": "tiny",
-        "seed": 42,
-        "text_models": [
-            {"name": "tfidf_svm", "kind": "tfidf_svm", "scaling": {"cpus_per_worker": 1}},
-            {
-                "name": "tiny_bert",
-                "kind": "hf_text",
-                "model": str(text_backbone),
-                "template": "[TITRE] {designation} [DESC] {description}",
-                "max_length": 32,
-                "train": deep_train,
-                "scaling": one_worker,
-            },
-        ],  # fmt: skip
-        "image_models": [
-            {
-                "name": "lite0",
-                "model": "tf_efficientnet_lite0",
-                "pretrained": "package:efficientnet_lite0",
-                **image,
-            },
-            {"name": "lite0_b", "model": "tf_efficientnet_lite0", "pretrained": None, **image},
-        ],  # fmt: skip
-        "fusion": {"cv_folds": 3},
-        "scoring": {
-            "text": {"num_cpus": 0.5, "batch_size": 64},
-            "image": {"num_cpus": 0.5, "batch_size": 32},
-            "fusion": {"num_cpus": 0.2, "batch_size": 64},
-        },
-    }
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance for the whole session (2 CPUs, as on the CI machine)."""
@@ -138,13 +96,37 @@ def tiny_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_catalogue: Path, ray_local) -> Path:
-    """A whole training run of the tiny config on the tiny catalogue (bundle inside)."""
-    from rakuten_ray.config import config_from_dict
+def tiny_production_models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_catalogue: Path
+) -> TinyProductionModels:
+    """Tiny CamemBERT, XLM-R, ConvNeXt and Swin, their tokenizers trained on the catalogue."""
+    from rakuten_ray.catalog import CatalogueDir
+
+    rows = CatalogueDir(tiny_catalogue).labelled()
+    texts = [*rows["designation"], *rows["description"]]
+    return TinyProductionModels.build(tmp_path_factory.mktemp("tiny_models"), texts)
+
+
+def production_shaped_config(models: TinyProductionModels):
+    """``configs/production.yaml`` pointed at the tiny models and sized for 2 CPUs."""
+    from rakuten_ray.config import load_config
+
+    return load_config(REPO_ROOT / "configs/production.yaml", models.overrides())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_catalogue: Path,
+    tiny_production_models: TinyProductionModels,
+    ray_local,
+) -> Path:
+    """The whole training protocol of the production-shaped config on the tiny catalogue:
+    five base models (two of them on 2 Ray Train workers), fusion, refit, the bundle.
+    Every scoring, fault and hostile-input test scores with this one bundle."""
     from rakuten_ray.training.protocol import run_training
 
     root = tmp_path_factory.mktemp("tiny_run")
-    backbone = write_tiny_text_backbone(root / "tiny_backbone")
-    config = config_from_dict(tiny_config_dict(backbone))
+    config = production_shaped_config(tiny_production_models)
     run_training(config, tiny_catalogue, root / "run", log=lambda _: None)
     return root / "run"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rakuten_ray.scoring.run import PREDICTIONS_DIR
+from rakuten_ray.layout import ScoringLayout
 
 #: Longest a disturbed run may take on a loaded 2-core machine.
 RUN_TIMEOUT_S = 600
@@ -16,7 +16,7 @@ RUN_TIMEOUT_S = 600
 
 def predictions_written(out: Path) -> bool:
     """At least one prediction file exists: the run is under way."""
-    return any((out / PREDICTIONS_DIR).glob("*.parquet"))
+    return any(ScoringLayout(out).predictions.glob("*.parquet"))
 
 
 def run_with_fault(

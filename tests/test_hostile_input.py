@@ -17,8 +17,8 @@ from conftest import REPO_ROOT, assert_same_predictions, nullable_ints, read_pre
 from hostile_corpus import ALL_CASES, Corpus, expected_index, write_corpus
 
 from rakuten_ray.catalog import CLASS_CODES, X_COLUMNS, SchemaError
-from rakuten_ray.scoring.run import SUBMISSION_FILE, run_scoring
-from rakuten_ray.scoring.stages import FINAL_PROBS
+from rakuten_ray.layout import FINAL_PROBS, ScoringLayout
+from rakuten_ray.scoring.run import run_scoring
 
 PROB_TOLERANCE = 1e-6
 RELIABILITY_DOC = REPO_ROOT / "docs/reliability.md"
@@ -79,7 +79,7 @@ def test_every_row_scored_once_with_its_status(
     has_image = predictions["image_status"] == "ok"
     assert predictions["image_prdtypecode"].notna().tolist() == has_image.tolist()
     # A row whose index is not an integer stays in the submission, with an empty index.
-    submission = pd.read_csv(out / SUBMISSION_FILE, index_col=0)
+    submission = pd.read_csv(ScoringLayout(out).submission, index_col=0)
     assert submission["prdtypecode"].tolist() == predictions["prdtypecode"].tolist()
 
 

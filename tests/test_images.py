@@ -11,7 +11,8 @@ import pytest
 from hostile_corpus import png_header_only
 from PIL import Image, ImageFile
 
-from rakuten_ray.images import MAX_PIXELS, ImageStatus, LoadedImage, load_image
+from rakuten_ray.images import MAX_PIXELS, LoadedImage, load_image
+from rakuten_ray.layout import ImageStatus
 
 # Any warning (PIL's DecompressionBombWarning above all) fails the test.
 pytestmark = pytest.mark.filterwarnings("error")

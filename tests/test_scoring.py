@@ -20,10 +20,17 @@ from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
 from rakuten_ray.fusion.stacking import load_meta_model
-from rakuten_ray.images import ImageStatus, load_image
+from rakuten_ray.images import load_image
+from rakuten_ray.layout import (
+    FINAL_PROBS,
+    IMAGE_PROBS,
+    TEXT_PROBS,
+    ImageStatus,
+    ScoringLayout,
+    empty_predictions,
+)
 from rakuten_ray.scoring.local import FinalPipeline
-from rakuten_ray.scoring.run import PREDICTIONS_DIR, SUBMISSION_FILE, SUMMARY_FILE, run_scoring
-from rakuten_ray.scoring.stages import FINAL_PROBS, IMAGE_PROBS, TEXT_PROBS, empty_output
+from rakuten_ray.scoring.run import run_scoring
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Columns every predictions table carries (DESIGN section 3).
@@ -135,7 +142,7 @@ def _check_output(out: Path, case: ScoringCase) -> pd.DataFrame:
     assert np.isfinite(probs).all() and (probs >= 0).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     np.testing.assert_allclose(predictions["confidence"], probs.max(axis=1), atol=1e-12)
-    submission = pd.read_csv(out / SUBMISSION_FILE, index_col=0)
+    submission = pd.read_csv(ScoringLayout(out).submission, index_col=0)
     assert submission.index.name is None and list(submission.columns) == ["prdtypecode"]
     assert submission.index.tolist() == case.raw.index.tolist()
     assert submission["prdtypecode"].tolist() == predictions["prdtypecode"].tolist()
@@ -181,7 +188,7 @@ def test_bad_productid_is_scored_from_text(local_out: Path, case: ScoringCase) -
 
     That it is scored by the text-only meta-model is checked in ``test_fusion_path_per_row``.
     """
-    assert (local_out / SUBMISSION_FILE).is_file()
+    assert (ScoringLayout(local_out).submission).is_file()
     predictions = read_predictions(local_out).set_index(case.raw.index)
     row = predictions.loc[case.invalid_id[0]]
     assert row["image_status"] == "invalid_id"
@@ -247,7 +254,7 @@ def test_final_pipeline_on_empty_input(
     products = read_products(tiny_catalogue / X_TEST_FILE).iloc[:0]
     result = pipeline.predict(products, case.image_dir)
     assert result.empty
-    assert list(result.columns) == list(empty_output().columns)
+    assert list(result.columns) == list(empty_predictions().columns)
     assert set(result.columns) == set(read_predictions(local_out).columns)
     assert pipeline.predict_labels(products, case.image_dir).shape == (0,)
 
@@ -268,7 +275,7 @@ def interrupted_out(
             [sys.executable, "-m", "rakuten_ray.cli", *argv], cwd=REPO_ROOT, stdout=handle,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    predictions = out / PREDICTIONS_DIR
+    predictions = ScoringLayout(out).predictions
     deadline = time.monotonic() + 300
     try:
         while process.poll() is None and time.monotonic() < deadline:
@@ -284,13 +291,13 @@ def interrupted_out(
 
 
 def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCase) -> None:
-    written = sorted(interrupted.glob(f"{PREDICTIONS_DIR}/*.parquet"))
+    written = sorted(ScoringLayout(interrupted).predictions.glob("*.parquet"))
     shards = -(-len(case.raw) // RESUME_SHARD_ROWS)
     assert 1 <= len(written) < shards
     already = sum(len(pd.read_parquet(p)) for p in written)
     assert not read_predictions(out)["row"].duplicated().any()
     assert_same_predictions(out, baseline)
-    summary = pd.read_json(out / SUMMARY_FILE, typ="series")
+    summary = pd.read_json(ScoringLayout(out).summary, typ="series")
     assert summary["rows"] == len(case.raw)
     assert summary["rows_scored_now"] == len(case.raw) - already
 
@@ -302,9 +309,9 @@ def test_resume_after_kill_local(
     """``--resume`` finishes a killed run: no row twice, predictions as an uninterrupted run's."""
     out = tmp_path / "out"
     shutil.copytree(interrupted_out, out)
-    assert not (out / SUBMISSION_FILE).exists()
+    assert not (ScoringLayout(out).submission).exists()
     # A torn file (as a crash while writing would leave) is discarded, its rows rescored.
-    (out / PREDICTIONS_DIR / "local-torn.parquet").write_bytes(b"PAR1 torn")
+    (ScoringLayout(out).predictions / "local-torn.parquet").write_bytes(b"PAR1 torn")
     argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")
     assert main(argv) == 0
     _check_resumed(out, interrupted_out, local_out, case)

@@ -17,10 +17,13 @@ import torch
 from conftest import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
-from rakuten_ray.config import ModelSpec, model_spec_from_dict
+from rakuten_ray.config import config_from_dict, model_spec_from_dict
 from rakuten_ray.fusion.fitting import ModalityFit
 from rakuten_ray.images import load_image
+from rakuten_ray.layout import RunLayout
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
+from rakuten_ray.models.registry import Modality, kind_of
+from rakuten_ray.models.spec import DeepModelSpec
 from rakuten_ray.models.transformer import TextClassifier, TextSettings
 from rakuten_ray.models.vision import load_image_model
 from rakuten_ray.splits import Splits, stratified_splits
@@ -30,8 +33,8 @@ from rakuten_ray.training.data import TrainingData, image_table, text_table, wit
 from rakuten_ray.training.deep import fit_deep_model
 from rakuten_ray.training.loop import Training, parameter_groups, prepare_training, run_epoch
 from rakuten_ray.training.probe import fit_probe_head
-from rakuten_ray.training.protocol import image_rows, rows_with_text
-from rakuten_ray.training.tasks import DeepTask, make_task
+from rakuten_ray.training.protocol import rows_with_text, split_rows
+from rakuten_ray.training.tasks import DeepTask
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +65,14 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_text_backbone(tmp_path_factory.mktemp("training_backbone"))
 
 
-def deep_spec(**entries: Any) -> ModelSpec:
+def deep_spec(**entries: Any) -> DeepModelSpec:
     """A model spec from plain config data, validated as a config file would be."""
     return model_spec_from_dict(entries)
 
 
 def tiny_text_spec(
     backbone: Path, name: str, train: dict, scaling: dict, pooling: str = "first"
-) -> ModelSpec:
+) -> DeepModelSpec:
     return deep_spec(
         name=name, kind="hf_text", model=str(backbone), template=TEMPLATE, max_length=32,
         pooling=pooling, train=train, scaling=scaling,
@@ -295,7 +298,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
-def image_spec(**train: Any) -> ModelSpec:
+def image_spec(**train: Any) -> DeepModelSpec:
     return deep_spec(
         name="lite0", kind="timm_image", model="tf_efficientnet_lite0",
         pretrained="package:efficientnet_lite0", image_size=32,
@@ -318,7 +321,7 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 
 def test_head_and_backbone_get_their_own_learning_rates() -> None:
     spec = image_spec(learning_rate=1e-3, backbone_lr_scale=0.1)
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     model = task.build()
     head = task.head_names(model)
     assert head == ("classifier",)
@@ -333,7 +336,7 @@ def test_head_and_backbone_get_their_own_learning_rates() -> None:
 
 def test_text_models_head_is_their_classifier(tiny_backbone: Path) -> None:
     spec = tiny_text_spec(tiny_backbone, "tiny", train={}, scaling={})
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     model = task.build()
     head = task.head_names(model)
     assert head == ("network.classifier",)
@@ -349,9 +352,9 @@ def image_rows_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     return pd.DataFrame({"path": rows["image_path"], "label": codes_to_indices(rows[LABEL_COLUMN])})
 
 
-def plain_run(spec: ModelSpec, table: pd.DataFrame) -> tuple[DeepTask, Training]:
+def plain_run(spec: DeepModelSpec, table: pd.DataFrame) -> tuple[DeepTask, Training]:
     """The training state of ``spec`` in this process (no Ray), on the CPU."""
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     torch.manual_seed(0)
     return task, prepare_training(task, spec.train, table, device=torch.device("cpu"))
 
@@ -454,24 +457,28 @@ def labelled_frame(codes: list[int], start: int) -> pd.DataFrame:
     return pd.DataFrame({LABEL_COLUMN: codes, "image_path": "x.jpg"}, index=index)
 
 
-def test_image_only_rows_are_split_and_kept_out_of_the_stack() -> None:
+def test_image_only_rows_are_split_and_kept_out_of_the_stack(tmp_path: Path) -> None:
     codes = [code for code in DISTINCT_IMAGE_CODES for _ in range(20)]
     data = TrainingData(labelled=labelled_frame(codes, 0), images_only=labelled_frame(codes, 1000))
-    splits = stratified_splits(data.labelled[LABEL_COLUMN], 42, 0.15, 0.15)
-    images = image_rows(data, splits)
+    config = config_from_dict({"name": "t", "text_models": [{"name": "t", "kind": "tfidf_svm"}]})
+    rows = split_rows(config, data, RunLayout(tmp_path), log=lambda _: None)
+    splits, extra = rows.splits, rows.images_only_splits
+    images, text = rows.by_modality[Modality.IMAGE], rows.by_modality[Modality.TEXT]
 
-    extra = images.extra
     assert len(extra.test) == len(extra.val) > 0  # stratified like the labelled split
     assert sorted([*extra.train, *extra.val, *extra.test]) == list(data.images_only.index)
     assert set(images.train.index).isdisjoint(images.val.index)
     assert set(images.train.index).isdisjoint(images.heldout.index)
-    assert set(images.test) == {*splits.test, *extra.test}
+    assert set(rows.test) == {*splits.test, *extra.test}
     assert set(images.heldout.index) == {*splits.held_out, *extra.held_out}
+    # Text models never see an image-only row; a refit sees every row of its modality.
+    assert set(text.heldout.index) == set(splits.held_out)
+    assert len(images.every) == 2 * len(text.every) == 2 * len(codes)
 
     # Fusion's image block: every held-out image; the stacks get the rows with text only.
     probs = pd.DataFrame(np.full((len(images.heldout), 27), 1 / 27), index=images.heldout.index)
     fit = ModalityFit(["lite0"], [1.0], [1.0], probs, report={})
-    for_stack = rows_with_text(fit, data.labelled.loc[splits.held_out].index)
+    for_stack = rows_with_text(fit, text.heldout.index)
     assert set(for_stack.probs.index) == set(splits.held_out)
     assert set(for_stack.probs.index).isdisjoint(images.train.index)
     assert len(fit.probs) == len(images.heldout)  # the original is left as it is

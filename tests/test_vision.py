@@ -125,9 +125,7 @@ def test_missing_weights_package_names_what_to_install() -> None:
 @pytest.mark.parametrize("width,height", [(500, 500), (37, 211)])
 def test_transforms_give_square_tensors(lite0: torch.nn.Module, width: int, height: int) -> None:
     image = Image.new("RGB", (width, height), (200, 30, 90))
-    train_tf, eval_tf = image_transforms(
-        lite0, 96, {"hflip": 0.5, "scale_min": 0.3, "color_jitter": 0.4}
-    )
+    train_tf, eval_tf = image_transforms(lite0, 96, scale_min=0.3, hflip=0.5, color_jitter=0.4)
     for transform in (train_tf, eval_tf):
         assert transform(image).shape == (3, 96, 96)
 

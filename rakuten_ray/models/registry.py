@@ -1,35 +1,162 @@
-"""Loading a saved text model by kind, behind one scoring interface."""
+"""The registry of model kinds: the one place where a model's kind decides what happens.
+
+A kind (``tfidf_svm``, ``hf_text``, ``timm_image``, ...) is a :class:`ModelKind` subclass in
+its own module under :mod:`rakuten_ray.models.kinds`, decorated with :func:`register`. It
+declares its settings class (read from the config), its modality, how it trains (a Ray task
+or Ray Train), how its trained folder goes into the bundle and how that folder loads back as
+a scorer. Every other module asks the registry, so a kind is added or replaced without
+touching them (``DEVELOPERS.md`` lists the steps).
+
+Kind modules are imported whenever a config is read: they import heavy libraries (torch,
+transformers, timm) inside their methods, not at the top.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import pkgutil
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import numpy as np
+from rakuten_ray.models.spec import DeepModelSpec, ModelSpec
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-class TextScorer(Protocol):
-    """A text model that turns raw product fields into per-class scores (logits)."""
-
-    def scores(self, designations: Sequence[object], descriptions: Sequence[object]) -> np.ndarray:
-        """Scores of shape ``(n, 27)`` whose softmax is the model's probability."""
-        ...
+    from rakuten_ray.models.scorers import Scorer
+    from rakuten_ray.training.tasks import DeepTask
 
 
-def load_text_scorer(
-    kind: str, folder: Path, device: str | None = None, batch_size: int | None = None
-) -> TextScorer:
-    """The saved text model of ``kind`` (``tfidf_svm`` or ``hf_text``) in ``folder``.
+class Modality(str, Enum):
+    """Which input a model reads, and so which scoring stage runs it."""
 
-    ``batch_size`` sets a neural model's texts per forward pass (its default when ``None``).
+    TEXT = "text"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A trained model folder and, for models trained by epochs, their history."""
+
+    model_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+
+
+class ModelKind(ABC):
+    """One kind of base model, from its config entry to its scorer.
+
+    Training rows are catalogue rows (``designation``, ``description``, ``prdtypecode``,
+    ``image_path``); the modality decides which rows a model sees.
     """
-    if kind == "tfidf_svm":
-        from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
-        return TfidfSvmClassifier(folder)
-    if kind == "hf_text":
-        from rakuten_ray.models.transformer import TEXT_BATCH_SIZE, TextClassifier
+    #: The name a config's ``kind`` key gives.
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    #: The settings class a config entry of this kind is read into.
+    spec_type: ClassVar[type[ModelSpec]]
+    #: How it trains: ``ray_task`` (one task) or ``ray_train`` (``TorchTrainer``).
+    trainer: ClassVar[str]
 
-        return TextClassifier(folder, device=device, batch_size=batch_size or TEXT_BATCH_SIZE)
-    raise ValueError(f"{folder}: unknown text model kind {kind!r}")
+    @abstractmethod
+    def fit(
+        self, spec: Any, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
+    ) -> FitResult:
+        """Train on ``train`` (``val`` for early stopping) into a folder under ``work_dir``."""
+
+    @abstractmethod
+    def refit(
+        self, spec: Any, fitted: FitResult, rows: pd.DataFrame, work_dir: Path, seed: int
+    ) -> Path:
+        """The folder that goes into the bundle, once fusion is fitted: ``fitted``'s or a
+        model trained again on ``rows`` (every labelled row of this modality)."""
+
+    @abstractmethod
+    def load_scorer(self, folder: Path, batch_size: int | None = None) -> Scorer:
+        """The trained model in ``folder``, ready to score batches (``batch_size``: rows per
+        model call, the kind's default when ``None``)."""
+
+    def export(self, model_dir: Path, dest: Path) -> None:
+        """Copy a trained folder into the bundle (every file of it, sealed by the manifest)."""
+        shutil.copytree(model_dir, dest)
+
+
+class DeepKind(ModelKind):
+    """A kind fine-tuned with Ray Train through the shared loop
+    (:mod:`rakuten_ray.training.loop`); it supplies the training task and table."""
+
+    trainer = "ray_train"
+
+    @abstractmethod
+    def task(self, spec: Any) -> DeepTask:
+        """What the training loop needs: the model, its batches, its head, how it saves."""
+
+    @abstractmethod
+    def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:
+        """Catalogue rows as a training table (a ``label`` column and the task's input)."""
+
+    def fit(
+        self, spec: Any, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
+    ) -> FitResult:
+        from rakuten_ray.training.deep import fit_deep_model
+
+        return fit_deep_model(spec, self.table(spec, train), self.table(spec, val), work_dir, seed)
+
+    def refit(
+        self, spec: Any, fitted: FitResult, rows: pd.DataFrame, work_dir: Path, seed: int
+    ) -> Path:
+        from rakuten_ray.training.deep import retrain_on_all
+
+        if spec.refit == "keep":
+            return fitted.model_dir
+        return retrain_on_all(self, spec, rows, work_dir / "refit", seed)
+
+
+_KINDS: dict[str, ModelKind] = {}
+K = TypeVar("K", bound=type[ModelKind])
+
+
+def register(kind: K) -> K:
+    """Class decorator: make ``kind`` available under its :attr:`~ModelKind.name`."""
+    if kind.name in _KINDS and type(_KINDS[kind.name]) is not kind:
+        raise ValueError(f"model kind {kind.name!r} is registered twice")
+    if kind.trainer == "ray_train" and not issubclass(kind.spec_type, DeepModelSpec):
+        raise TypeError(f"{kind.__name__}: Ray Train kinds take a DeepModelSpec subclass")
+    _KINDS[kind.name] = kind()
+    return kind
+
+
+def _discover() -> None:
+    """Import every module of :mod:`rakuten_ray.models.kinds` (each registers its kind)."""
+    from rakuten_ray.models import kinds
+
+    for module in pkgutil.iter_modules(kinds.__path__):
+        importlib.import_module(f"{kinds.__name__}.{module.name}")
+
+
+def kind_names() -> list[str]:
+    """Every registered kind, sorted."""
+    _discover()
+    return sorted(_KINDS)
+
+
+def get_kind(name: str) -> ModelKind:
+    """The kind called ``name``.
+
+    Raises:
+        KeyError: no such kind (the message lists the known ones).
+    """
+    if name not in _KINDS:
+        _discover()
+    if name not in _KINDS:
+        raise KeyError(f"unknown model kind {name!r}; known: {kind_names()}")
+    return _KINDS[name]
+
+
+def kind_of(spec: ModelSpec) -> ModelKind:
+    """The kind of a model's settings."""
+    return get_kind(spec.kind)

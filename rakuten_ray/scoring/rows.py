@@ -17,11 +17,8 @@ import numpy as np
 import pandas as pd
 
 from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError
+from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN
 
-#: The input's row index travels under this column name and comes out under it.
-INDEX_COLUMN = "index"
-#: 0-based position of a row in the whole input: the key that resuming and ordering use.
-ROW_COLUMN = "row"
 INPUT_SUFFIXES = (".csv", ".parquet")
 _ID_PATTERN = r"\d{1,18}(?:\.0*)?"
 

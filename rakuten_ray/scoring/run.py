@@ -20,19 +20,10 @@ import pyarrow.parquet as pq
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
-from rakuten_ray.scoring.rows import (
-    INDEX_COLUMN,
-    ROW_COLUMN,
-    check_headers,
-    input_files,
-    stage_inputs,
-)
+from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, ScoringLayout
+from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
 
 Engine = Literal["ray", "local"]
-PREDICTIONS_DIR = "predictions"
-STAGING_DIR = "staging"
-SUBMISSION_FILE = "submission.csv"
-SUMMARY_FILE = "summary.json"
 #: Rows per staged shard: one read task each in the Ray engine, one write in the local one.
 ROWS_PER_SHARD = 50_000
 
@@ -101,21 +92,22 @@ def _score_locally(
         partial.rename(predictions / f"local-{shard.stem}-{int(frame[ROW_COLUMN].iloc[0])}.parquet")
 
 
-def _finish(out: Path, total_rows: int) -> dict[str, int]:
+def _finish(out: ScoringLayout, total_rows: int) -> dict[str, int]:
     """Check one prediction per row, write the submission in input order; status counts."""
     table = pd.read_parquet(
-        out / PREDICTIONS_DIR, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
+        out.predictions, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
     )
     duplicated = int(table[ROW_COLUMN].duplicated().sum())
     if duplicated or len(table) != total_rows:
         raise RuntimeError(
-            f"{out}: {len(table)} predictions for {total_rows} input rows ({duplicated} repeated)"
+            f"{out.root}: {len(table)} predictions for {total_rows} input rows "
+            f"({duplicated} repeated)"
         )
     table = table.sort_values(ROW_COLUMN)
     submission = pd.DataFrame(
         {"prdtypecode": table["prdtypecode"].to_numpy()}, index=table[INDEX_COLUMN].to_numpy()
     )
-    submission.to_csv(out / SUBMISSION_FILE)
+    submission.to_csv(out.submission)
     return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
 
 
@@ -142,11 +134,13 @@ def run_scoring(
     """
     files = input_files(source)
     check_headers(files)
+    # Every file is hashed here, before any work; each stage then hashes only what it loads.
     scoring = load_bundle(bundle_dir).scoring(overrides)
     created = not out.exists()
     _prepare_out(out, overwrite, resume)
     started = time.perf_counter()
-    staging, predictions = out / STAGING_DIR, out / PREDICTIONS_DIR
+    layout = ScoringLayout(out)
+    staging, predictions = layout.staging, layout.predictions
     if staging.exists():
         shutil.rmtree(staging)
     try:
@@ -167,7 +161,7 @@ def run_scoring(
 
             ensure_ray(address)
             score_with_ray(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
-    counts = _finish(out, total)
+    counts = _finish(layout, total)
     shutil.rmtree(staging)
     summary = ScoringSummary(
         rows=total,
@@ -176,7 +170,7 @@ def run_scoring(
         engine=engine,
         image_status_counts=counts,
     )
-    (out / SUMMARY_FILE).write_text(
+    layout.summary.write_text(
         json.dumps({**summary.__dict__, "rows_per_second": summary.rows_per_second}, indent=1)
     )
     return summary

@@ -1,7 +1,10 @@
 """The three scoring stages, shared by the in-process and the Ray Data engines.
 
-Each stage is a callable class: built once from a verified bundle (its models load once per
-instance, i.e. once per Ray actor) and called on a pandas batch, to which it adds columns.
+Each stage is a callable class: built once from a bundle (it hashes and loads only the files
+of its own models, once per instance, i.e. once per Ray actor) and its pool's settings, then
+called on a pandas batch, to which it adds columns. Both engines hand every stage the same
+settings (:class:`~rakuten_ray.config.StagePool`), resolved once per run from the bundle's
+config and the command line.
 """
 
 from __future__ import annotations
@@ -14,36 +17,26 @@ import numpy as np
 import pandas as pd
 
 from rakuten_ray.batching import map_fixed_batches
-from rakuten_ray.bundle import load_bundle
+from rakuten_ray.bundle import Bundle, ModelEntry, open_bundle
 from rakuten_ray.catalog import CLASS_CODES, image_path
 from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
 from rakuten_ray.fusion.stacking import load_meta_model
-from rakuten_ray.images import ImageStatus, LoadedImage, load_image
-from rakuten_ray.models.registry import load_text_scorer
-from rakuten_ray.scoring.rows import INDEX_COLUMN, ROW_COLUMN, normalise_batch
+from rakuten_ray.images import LoadedImage, load_image
+from rakuten_ray.layout import (
+    FINAL_PROBS,
+    IMAGE_PROBS,
+    INDEX_COLUMN,
+    ROW_COLUMN,
+    TEXT_PROBS,
+    ImageStatus,
+)
+from rakuten_ray.models.registry import get_kind
+from rakuten_ray.scoring.rows import normalise_batch
 
-TEXT_PROBS = [f"text_prob_{code}" for code in CLASS_CODES]
-IMAGE_PROBS = [f"image_prob_{code}" for code in CLASS_CODES]
-FINAL_PROBS = [f"prob_{code}" for code in CLASS_CODES]
-#: ``image_status`` of a row whose productid or imageid is not a valid integer.
-INVALID_ID = "invalid_id"
-#: ``image_status`` when the bundle has no image model.
-NO_IMAGE_MODEL = "no_image_model"
 #: Image decoding threads per image stage: PIL releases the GIL while decoding, so a few
 #: threads keep the model fed while it runs.
 DECODE_THREADS = 4
-
-
-def empty_output() -> pd.DataFrame:
-    """The predictions' columns and types, with no rows."""
-    columns = {
-        ROW_COLUMN: "int64", INDEX_COLUMN: "Int64", "productid": "Int64", "imageid": "Int64",
-        "prdtypecode": "int64", "confidence": "float64", "text_prdtypecode": "int64",
-        "image_prdtypecode": "Int64", "image_status": "object",
-        **dict.fromkeys(FINAL_PROBS, "float64"),
-    }  # fmt: skip
-    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
 
 
 def pool_threads(pool: StagePool) -> int:
@@ -64,26 +57,26 @@ def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> 
     return pd.concat([batch.drop(columns=columns, errors="ignore"), block], axis=1)
 
 
+def _load_scorers(bundle: Bundle, entries: list[ModelEntry], batch_size: int) -> list:
+    """Each entry's model, hashed against the manifest, then loaded by its kind."""
+    return [
+        get_kind(e.kind).load_scorer(bundle.verified(e.folder), batch_size) for e in entries
+    ]
+
+
 class TextStage:
     """Normalises raw rows and adds calibrated, blended text probabilities.
 
-    ``num_threads`` (torch threads while it runs) and ``micro_batch_size`` (rows per model
-    call) default to the bundle's ``scoring.text`` settings; the output is byte-identical for
-    equal settings.
+    ``pool`` gives the torch threads while it runs (``ceil(num_cpus)``) and the rows per model
+    call (``micro_batch_size``); equal settings give byte-identical output.
     """
 
-    def __init__(
-        self, bundle_dir: str, num_threads: int | None = None, micro_batch_size: int | None = None
-    ) -> None:
-        bundle = load_bundle(bundle_dir)
-        pool = bundle.scoring().text
-        self.num_threads = num_threads or pool_threads(pool)
+    def __init__(self, bundle_dir: str, pool: StagePool) -> None:
+        bundle = open_bundle(bundle_dir)
+        self.num_threads = pool_threads(pool)
         limit_threads(self.num_threads)
-        size = micro_batch_size or pool.micro_batch_size
         self.entries = bundle.fusion.text_models
-        self.scorers = [
-            load_text_scorer(e.kind, bundle.path(e.folder), batch_size=size) for e in self.entries
-        ]
+        self.scorers = _load_scorers(bundle, self.entries, pool.micro_batch_size)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         limit_threads(self.num_threads)  # the in-process engine runs stages one after another
@@ -99,29 +92,16 @@ class TextStage:
 class ImageStage:
     """Loads each row's image safely and adds blended image probabilities and a status.
 
-    ``num_threads`` and ``micro_batch_size`` (images per model call) default to the bundle's
-    ``scoring.image`` settings.
+    ``pool`` as for :class:`TextStage` (``micro_batch_size``: images per model call).
     """
 
-    def __init__(
-        self,
-        bundle_dir: str,
-        image_dir: str,
-        num_threads: int | None = None,
-        micro_batch_size: int | None = None,
-    ) -> None:
-        from rakuten_ray.models.vision import load_image_model
-
-        bundle = load_bundle(bundle_dir)
-        pool = bundle.scoring().image
-        self.num_threads = num_threads or pool_threads(pool)
+    def __init__(self, bundle_dir: str, image_dir: str, pool: StagePool) -> None:
+        bundle = open_bundle(bundle_dir)
+        self.num_threads = pool_threads(pool)
         limit_threads(self.num_threads)
-        size = micro_batch_size or pool.micro_batch_size
         self.image_dir = Path(image_dir)
         self.entries = bundle.fusion.image_models
-        self.models = [
-            load_image_model(bundle.path(e.folder), batch_size=size) for e in self.entries
-        ]
+        self.models = _load_scorers(bundle, self.entries, pool.micro_batch_size)
         self.decoder = ThreadPoolExecutor(DECODE_THREADS)
 
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
@@ -132,10 +112,13 @@ class ImageStage:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         probs = np.full((len(batch), len(CLASS_CODES)), np.nan)
         if not self.models:
-            return _with_block(batch.assign(image_status=NO_IMAGE_MODEL), IMAGE_PROBS, probs)
+            status = ImageStatus.NO_IMAGE_MODEL.value
+            return _with_block(batch.assign(image_status=status), IMAGE_PROBS, probs)
         limit_threads(self.num_threads)
         loaded = list(self.decoder.map(self._load, batch["imageid"], batch["productid"]))
-        status = [INVALID_ID if item is None else item.status.value for item in loaded]
+        status = [
+            ImageStatus.INVALID_ID.value if item is None else item.status.value for item in loaded
+        ]
         usable = [i for i, item in enumerate(loaded) if item and item.status == ImageStatus.OK]
         if usable:
             images = [loaded[i].image for i in usable]
@@ -149,16 +132,18 @@ class ImageStage:
 class FusionStage:
     """Applies the stack (or the text-only meta-model) and writes the output columns.
 
-    ``micro_batch_size`` is the rows per meta-model call (default: the bundle's setting).
+    ``pool.micro_batch_size`` is the rows per meta-model call.
     """
 
-    def __init__(self, bundle_dir: str, micro_batch_size: int | None = None) -> None:
-        bundle = load_bundle(bundle_dir)
-        self.micro_batch_size = micro_batch_size or bundle.scoring().fusion.micro_batch_size
+    def __init__(self, bundle_dir: str, pool: StagePool) -> None:
+        bundle = open_bundle(bundle_dir)
+        self.micro_batch_size = pool.micro_batch_size
         fusion = bundle.fusion
-        self.text_only = load_meta_model(bundle.path(fusion.meta_text_only))
+        self.text_only = load_meta_model(bundle.verified(fusion.meta_text_only))
         self.with_image = (
-            load_meta_model(bundle.path(fusion.meta_with_image)) if fusion.meta_with_image else None
+            load_meta_model(bundle.verified(fusion.meta_with_image))
+            if fusion.meta_with_image
+            else None
         )
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

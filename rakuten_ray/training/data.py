@@ -18,6 +18,7 @@ from rakuten_ray.catalog import (
     read_labels,
     read_products,
 )
+from rakuten_ray.models.registry import Modality
 from rakuten_ray.text import prepare_texts
 
 #: Optional extra files of labelled rows whose text is unavailable: image-model training only.
@@ -31,6 +32,13 @@ class TrainingData:
 
     labelled: pd.DataFrame
     images_only: pd.DataFrame
+
+    def rows_for(self, modality: Modality) -> pd.DataFrame:
+        """Every labelled row a model of ``modality`` learns from (image models also learn
+        from the image-only rows)."""
+        if modality is Modality.IMAGE:
+            return pd.concat([self.labelled, self.images_only])
+        return self.labelled
 
 
 def with_image_paths(products: pd.DataFrame, image_dir: Path) -> pd.DataFrame:

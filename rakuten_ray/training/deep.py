@@ -5,26 +5,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from rakuten_ray.config import ModelSpec, Scaling
+from rakuten_ray.catalog import LABEL_COLUMN
+from rakuten_ray.models.registry import DeepKind, FitResult
+from rakuten_ray.models.spec import DeepModelSpec, Scaling
+from rakuten_ray.splits import stratified_splits
 from rakuten_ray.training.loop import HISTORY_FILE, MONITOR, TRAIN_STATE_FILE, train_loop_per_worker
 
 #: Checkpoints kept per run: the best by validation log loss, and the latest to resume from.
 CHECKPOINTS_KEPT = 2
-
-
-@dataclass(frozen=True)
-class DeepFitResult:
-    """A fine-tuned model folder (best epoch) and the per-epoch metrics."""
-
-    model_dir: Path
-    history: list[dict[str, Any]]
-    best_epoch: int
+#: Share of all rows held back to early-stop a deep model retrained on everything.
+TECHNICAL_VAL_FRACTION = 0.05
 
 
 def scaling_config(scaling: Scaling) -> Any:
@@ -42,7 +38,7 @@ def scaling_config(scaling: Scaling) -> Any:
 
 
 def build_trainer(
-    spec: ModelSpec, train_table: Path, val_table: Path, storage: Path, seed: int
+    spec: DeepModelSpec, train_table: Path, val_table: Path, storage: Path, seed: int
 ) -> Any:
     """A ``TorchTrainer`` for ``spec``; re-creating it with the same storage resumes the run."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -71,14 +67,14 @@ def build_trainer(
 
 
 def fit_deep_model(
-    spec: ModelSpec, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
-) -> DeepFitResult:
+    spec: DeepModelSpec, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
+) -> FitResult:
     """Fine-tune ``spec`` with Ray Train and copy its best checkpoint to ``work_dir/model``.
 
     Args:
-        spec: a ``hf_text`` or ``timm_image`` model.
-        train: training rows with ``label`` and ``text`` or ``path``.
-        val: validation rows, same columns (early stopping and checkpoint choice).
+        spec: a model of a Ray Train kind.
+        train: its training table (``label`` and the task's input column).
+        val: validation table, same columns (early stopping and checkpoint choice).
         work_dir: this model's folder inside the run.
         seed: torch seed of every worker.
     """
@@ -101,4 +97,17 @@ def fit_deep_model(
     (model_dir / HISTORY_FILE).unlink()
     for name in tables:
         tables[name].unlink()
-    return DeepFitResult(model_dir=model_dir, history=history, best_epoch=int(best_epoch))
+    return FitResult(model_dir=model_dir, history=history, best_epoch=int(best_epoch))
+
+
+def retrain_on_all(
+    kind: DeepKind, spec: DeepModelSpec, rows: pd.DataFrame, work_dir: Path, seed: int
+) -> Path:
+    """Train ``spec`` again on ``rows`` (every labelled row of its modality), early-stopped
+    on a small stratified technical validation split; returns the model folder."""
+    technical = stratified_splits(
+        rows[LABEL_COLUMN], seed=seed, test_fraction=TECHNICAL_VAL_FRACTION, val_fraction=0.5
+    )
+    train = rows.loc[np.concatenate([technical.train, technical.val])]
+    fitted = kind.fit(spec, train, rows.loc[technical.test], work_dir, seed)
+    return fitted.model_dir

@@ -26,10 +26,12 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from rakuten_ray.catalog import NUM_CLASSES
-from rakuten_ray.config import TrainParams, model_spec_from_dict
+from rakuten_ray.config import model_spec_from_dict
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
+from rakuten_ray.models.registry import kind_of
+from rakuten_ray.models.spec import TrainParams
 from rakuten_ray.training.probe import fit_probe_head
-from rakuten_ray.training.tasks import DeepTask, RowsDataset, make_task, move_to
+from rakuten_ray.training.tasks import DeepTask, RowsDataset, move_to
 
 TRAIN_STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
@@ -373,7 +375,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
     autocast = device.type == "cuda" and spec.scaling.bf16
-    task = make_task(spec)
+    task = kind_of(spec).task(spec)
     train_table = pd.read_parquet(loop_config["train_table"])
     val_table = pd.read_parquet(loop_config["val_table"])
 

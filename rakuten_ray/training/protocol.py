@@ -1,106 +1,186 @@
-"""A whole training run: splits, base models, fusion, final refit and the sealed bundle.
+"""A whole training run, in named phases: split, train the base models, fit the fusion, refit,
+seal the bundle.
 
 Leak-free protocol: base models train on ``train`` (deep models stop early on ``val``);
-temperatures, blend weights and meta-models are fitted on ``val`` + ``test`` scores; then the
-classic model is refit on every labelled row, deep models keep their weights or are
-retrained on every row with a small technical validation, and everything is sealed into
-``RUN/bundle``. Labelled rows without text (image-only rows) are split the same way and
-serve the image models only: their held-out part calibrates and blends the image models,
-the stacks see rows with text alone.
+temperatures, blend weights and meta-models are fitted on ``val`` + ``test`` scores; then
+each model is refit as its kind says (the TF-IDF model on every labelled row; deep models
+keep their weights or are retrained on every row with a small technical validation), and
+everything is sealed into ``RUN/bundle``. Labelled rows without text (image-only rows) are
+split the same way and serve the image models only: their held-out part calibrates and
+blends the image models, the stacks see rows with text alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rakuten_ray.bundle import (
-    CONFIG_FILE,
-    FUSION_FILE,
-    FusionState,
-    ModelEntry,
-    data_fingerprint,
-    seal_bundle,
-)
+from rakuten_ray.bundle import FusionState, ModelEntry, data_fingerprint, seal_bundle
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, X_COLUMNS, codes_to_indices
-from rakuten_ray.config import ModelSpec, RunConfig
-from rakuten_ray.evaluation import HELDOUT_LABELS_FILE, HELDOUT_SCORES_FILE
-from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, fit_modality, fit_stack
+from rakuten_ray.config import RunConfig
+from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_modality, fit_stack
+from rakuten_ray.layout import BundleLayout, RunLayout
+from rakuten_ray.models.registry import Modality, kind_of
+from rakuten_ray.models.spec import ModelSpec
 from rakuten_ray.splits import Splits, stratified_splits
-from rakuten_ray.training.base_models import BaseModelRun, fit_tfidf_model, train_base_model
+from rakuten_ray.training.base_models import BaseModelRun, train_base_model
 from rakuten_ray.training.data import TrainingData, load_training_data
-
-#: The image-only rows' own split, saved like ``splits.json``.
-IMAGES_ONLY_SPLITS_FILE = "splits_images_only.json"
-META_WITH_IMAGE_FILE = "meta_with_image.skops"
-META_TEXT_ONLY_FILE = "meta_text_only.skops"
-#: Share of all rows held back to early-stop a deep model retrained on everything.
-TECHNICAL_VAL_FRACTION = 0.05
+from rakuten_ray.training.report import (
+    BaseModelReport,
+    BlendReport,
+    Calibration,
+    RowCounts,
+    Scores,
+    StackReport,
+    TrainingReport,
+)
 
 Log = Callable[[str], None]
 
 
-@dataclass
-class RunLayout:
-    """Where a training run writes."""
-
-    root: Path
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
-    @property
-    def base(self) -> Path:
-        return self.root / "base_models"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-
 @dataclass(frozen=True)
-class ImageRows:
-    """The image models' rows: the labelled split plus the image-only rows, split alike.
-
-    Image-only rows (no text) are split per class with the same fractions, so the image
-    models train, stop early and are measured on many more images; their held-out part feeds
-    the image temperatures and blend weights, never the stacks, which need text.
-    """
+class ModalityRows:
+    """The rows one modality's models train, stop early, are scored and refit on."""
 
     train: pd.DataFrame
     val: pd.DataFrame
     heldout: pd.DataFrame
+    #: Every labelled row of the modality: what a model refit on all rows sees.
+    every: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """The split of a run's rows, per modality.
+
+    Image-only rows (no text) are split per class with the same fractions and added to the
+    image models' parts, so those train, stop early and are measured on many more images.
+    """
+
+    splits: Splits
+    images_only_splits: Splits
+    by_modality: dict[Modality, ModalityRows]
+    #: Internal-test rows of both kinds: where base models and blends are measured.
     test: pd.Index
-    extra: Splits
+
+    def counts(self, heldout_images: int, heldout_with_image: int) -> RowCounts:
+        extra = self.images_only_splits
+        return RowCounts(
+            train=len(self.splits.train),
+            val=len(self.splits.val),
+            internal_test=len(self.splits.test),
+            images_only=len(extra.train) + len(extra.val) + len(extra.test),
+            images_only_train=len(extra.train),
+            images_only_val=len(extra.val),
+            images_only_internal_test=len(extra.test),
+            heldout_images=heldout_images,
+            heldout_with_image=heldout_with_image,
+        )
 
 
-def image_rows(data: TrainingData, splits: Splits) -> ImageRows:
-    """Split the image-only rows like ``splits`` and add each part to the labelled one."""
+@dataclass(frozen=True)
+class FusionFit:
+    """Calibrated blends per modality and the stack, fitted on the held-out rows."""
+
+    text: ModalityFit
+    image: ModalityFit | None
+    #: The image blend on the held-out rows that also have text: what the stack saw.
+    image_with_text: ModalityFit | None
+    stack: StackFit
+
+
+class PhaseTimer:
+    """Wall time of each named phase, logged as each ends."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+        self.log(f"phase {name} done in {self.seconds[name]:.0f}s")
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+# --------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------
+
+
+def split_rows(config: RunConfig, data: TrainingData, layout: RunLayout, log: Log) -> RunRows:
+    """Split the labelled rows and, alike, the image-only rows; save both splits."""
+    fractions = (config.seed, config.splits.test_fraction, config.splits.val_fraction)
+    splits = stratified_splits(data.labelled[LABEL_COLUMN], *fractions)
+    extra = stratified_splits(data.images_only[LABEL_COLUMN], *fractions)
+    splits.save(layout.splits)
+    extra.save(layout.images_only_splits)
     rows, extra_rows = data.labelled, data.images_only
-    extra = stratified_splits(
-        extra_rows[LABEL_COLUMN], splits.seed, splits.test_fraction, splits.val_fraction
-    )
 
     def both(labelled: np.ndarray, images_only: np.ndarray) -> pd.DataFrame:
         return pd.concat([rows.loc[labelled], extra_rows.loc[images_only]])
 
-    return ImageRows(
-        train=both(splits.train, extra.train),
-        val=both(splits.val, extra.val),
-        heldout=both(splits.held_out, extra.held_out),
-        test=pd.Index(np.concatenate([splits.test, extra.test])),
-        extra=extra,
+    text = ModalityRows(
+        rows.loc[splits.train],
+        rows.loc[splits.val],
+        rows.loc[splits.held_out],
+        every=data.rows_for(Modality.TEXT),
     )
+    image = ModalityRows(
+        both(splits.train, extra.train),
+        both(splits.val, extra.val),
+        both(splits.held_out, extra.held_out),
+        every=data.rows_for(Modality.IMAGE),
+    )
+    log(
+        f"splits: train {len(splits.train)}, val {len(splits.val)}, internal test "
+        f"{len(splits.test)}; image-only rows: train {len(extra.train)}, val {len(extra.val)}, "
+        f"internal test {len(extra.test)}"
+    )
+    return RunRows(
+        splits=splits,
+        images_only_splits=extra,
+        by_modality={Modality.TEXT: text, Modality.IMAGE: image},
+        test=pd.Index(np.concatenate([splits.test, extra.test])),
+    )
+
+
+def train_base_models(
+    config: RunConfig, rows: RunRows, layout: RunLayout, log: Log
+) -> dict[str, BaseModelRun]:
+    """Train every base model on its modality's rows and score its held-out rows."""
+    runs: dict[str, BaseModelRun] = {}
+    for spec in config.models():
+        kind = kind_of(spec)
+        part = rows.by_modality[kind.modality]
+        work_dir = layout.model_dir(spec.name)
+        runs[spec.name] = train_base_model(
+            spec, part.train, part.val, part.heldout, work_dir, config.seed
+        )
+        scores = runs[spec.name].heldout_scores
+        # Kept next to the run so reports can redraw calibration before and after temperature.
+        scores.set_axis([str(c) for c in scores.columns], axis=1).to_parquet(
+            layout.heldout_scores(spec.name)
+        )
+        log(
+            f"base model {spec.name} ({kind.name}, {kind.trainer}) trained in "
+            f"{runs[spec.name].seconds:.0f}s"
+        )
+    return runs
 
 
 def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
@@ -108,166 +188,181 @@ def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
     return dataclasses.replace(fit, probs=fit.probs.loc[fit.probs.index.isin(text_rows)])
 
 
-def _base_model_metrics(run: BaseModelRun, fit: ModalityFit) -> dict[str, Any]:
-    metrics = dict(fit.report["models"][run.spec.name])
-    metrics["train_seconds"] = run.seconds
-    if run.history:
-        metrics["epochs"] = run.history
-        metrics["best_epoch"] = run.best_epoch
-    return metrics
+def fit_fusion(
+    config: RunConfig, runs: dict[str, BaseModelRun], rows: RunRows, layout: RunLayout, log: Log
+) -> FusionFit:
+    """Temperatures, blend weights and the stack, on the held-out rows (their class indices
+    are saved next to the run, for reports)."""
+    heldout = rows.by_modality[Modality.IMAGE].heldout  # the labelled held-out rows and more
+    y_idx = pd.Series(codes_to_indices(heldout[LABEL_COLUMN]), index=heldout.index)
+    y_idx.rename("label").to_frame().to_parquet(layout.heldout_labels)
+
+    def scored(specs: list[ModelSpec]) -> list[ScoredModel]:
+        return [ScoredModel(s.name, s.kind, runs[s.name].heldout_scores) for s in specs]
+
+    method = config.fusion.blend
+    text = fit_modality(scored(config.text_models), y_idx, rows.test, method)
+    image = None
+    if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
+        image = fit_modality(scored(config.image_models), y_idx, rows.test, method)
+    # Image temperatures and weights use every held-out image; the stacks only rows with text.
+    text_rows = rows.by_modality[Modality.TEXT].heldout.index
+    image_with_text = rows_with_text(image, text_rows) if image is not None else None
+    stack = fit_stack(text, image_with_text, y_idx, rows.test, config.fusion, config.seed)
+    scores = {
+        part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
+    }
+    log(f"fusion fitted, weighted F1 (cross-fitted on held-out rows): {scores}")
+    return FusionFit(text, image, image_with_text, stack)
 
 
-def _refit(
-    spec: ModelSpec, run: BaseModelRun, data: TrainingData, layout: RunLayout, seed: int
-) -> Path:
-    """The final model folder of ``spec`` (refit on all rows, or the kept weights)."""
-    rows = data.labelled
-    if spec.kind == "tfidf_svm":
-        return fit_tfidf_model(spec, rows, layout.base / spec.name / "refit", seed)
-    if spec.refit == "keep":
-        return run.model_dir
-    if spec.kind == "timm_image":
-        rows = pd.concat([rows, data.images_only])
-    technical = stratified_splits(
-        rows[LABEL_COLUMN], seed=seed, test_fraction=TECHNICAL_VAL_FRACTION, val_fraction=0.5
-    )
-    train_rows = rows.loc[np.concatenate([technical.train, technical.val])]
-    folder = layout.base / spec.name / "refit"
-    technical_val = rows.loc[technical.test]
-    refit = train_base_model(spec, train_rows, technical_val, rows.iloc[:0], folder, seed)
-    return refit.model_dir
+def refit_base_models(
+    config: RunConfig, runs: dict[str, BaseModelRun], rows: RunRows, layout: RunLayout
+) -> dict[str, Path]:
+    """The folder of each model that goes into the bundle, refit as its kind says."""
+    final = {}
+    for spec in config.models():
+        kind = kind_of(spec)
+        every = rows.by_modality[kind.modality].every
+        final[spec.name] = kind.refit(
+            spec, runs[spec.name].fit, every, layout.model_dir(spec.name), config.seed
+        )
+    return final
 
 
-def _write_bundle(
+def seal_run_bundle(
     config: RunConfig,
-    layout: RunLayout,
+    bundle: BundleLayout,
     final_dirs: dict[str, Path],
-    text: ModalityFit,
-    image: ModalityFit | None,
-    stack: Any,
+    fusion: FusionFit,
     fingerprint: str,
-    metrics: dict[str, Any],
+    report: TrainingReport,
 ) -> None:
-    bundle = layout.bundle
-    if bundle.exists():
-        shutil.rmtree(bundle)
-    (bundle / "models").mkdir(parents=True)
-    for name, folder in final_dirs.items():
-        shutil.copytree(folder, bundle / "models" / name)
+    """Write the models, the fusion and the config into the bundle, then its manifest."""
+    if bundle.root.exists():
+        shutil.rmtree(bundle.root)
+    (bundle.root / BundleLayout.MODELS).mkdir(parents=True)
+    for spec in config.models():
+        kind_of(spec).export(final_dirs[spec.name], bundle.path(BundleLayout.model(spec.name)))
 
     def entries(specs: list[ModelSpec], fit: ModalityFit | None) -> list[ModelEntry]:
         if fit is None:
             return []
         return [
-            ModelEntry(spec.name, spec.kind, f"models/{spec.name}", temperature, weight)
+            ModelEntry(spec.name, spec.kind, BundleLayout.model(spec.name), temperature, weight)
             for spec, temperature, weight in zip(specs, fit.temperatures, fit.weights, strict=True)
         ]
 
-    stack.text_only.save(bundle / META_TEXT_ONLY_FILE)
+    stack = fusion.stack
+    stack.text_only.save(bundle.path(BundleLayout.META_TEXT_ONLY))
     if stack.with_image is not None:
-        stack.with_image.save(bundle / META_WITH_IMAGE_FILE)
-    fusion = FusionState(
+        stack.with_image.save(bundle.path(BundleLayout.META_WITH_IMAGE))
+    state = FusionState(
         class_codes=list(CLASS_CODES),
-        text_models=entries(config.text_models, text),
-        image_models=entries(config.image_models, image) if stack.with_image else [],
-        meta_with_image=META_WITH_IMAGE_FILE if stack.with_image is not None else "",
-        meta_text_only=META_TEXT_ONLY_FILE,
+        text_models=entries(config.text_models, fusion.text),
+        image_models=entries(config.image_models, fusion.image) if stack.with_image else [],
+        meta_with_image=BundleLayout.META_WITH_IMAGE if stack.with_image is not None else "",
+        meta_text_only=BundleLayout.META_TEXT_ONLY,
     )
-    (bundle / FUSION_FILE).write_text(fusion.to_json())
-    config.save(bundle / CONFIG_FILE)
-    seal_bundle(bundle, fingerprint, metrics)
+    bundle.path(BundleLayout.FUSION).write_text(state.to_json())
+    config.save(bundle.path(BundleLayout.CONFIG))
+    seal_bundle(bundle.root, fingerprint, report.to_dict())
 
 
-def run_training(config: RunConfig, data_dir: Path, out_dir: Path, log: Log = print) -> dict:
-    """Run the whole protocol; returns the metrics also written to ``RUN/metrics.json``.
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def _model_report(spec: ModelSpec, run: BaseModelRun, fit: ModalityFit) -> BaseModelReport:
+    kind = kind_of(spec)
+    measured = fit.report["models"][spec.name]
+    return BaseModelReport(
+        kind=kind.name,
+        modality=kind.modality.value,
+        internal_test=Scores(**measured["internal_test"]),
+        calibration=Calibration(**measured["calibration"]),
+        blend_weight=fit.report["blend"]["weights"][spec.name],
+        train_seconds=run.seconds,
+        epochs=run.fit.history,
+        best_epoch=run.fit.best_epoch,
+    )
+
+
+def _blend_report(fit: ModalityFit) -> BlendReport:
+    blend = fit.report["blend"]
+    return BlendReport(
+        method=blend["method"],
+        weights=blend["weights"],
+        rules=blend["rules"],
+        internal_test=Scores(**blend["internal_test"]),
+        rows=fit.report["rows"],
+    )
+
+
+def _stack_report(stack: StackFit) -> StackReport:
+    values = {
+        key: Scores(**value) if "choice" not in key else value
+        for key, value in stack.report.items()
+    }
+    return StackReport(**values)
+
+
+def build_report(
+    config: RunConfig,
+    runs: dict[str, BaseModelRun],
+    fusion: FusionFit,
+    rows: RunRows,
+    timer: PhaseTimer,
+) -> TrainingReport:
+    """The typed report of the run so far."""
+    fits = {spec.name: fusion.text for spec in config.text_models}
+    if fusion.image is not None:
+        fits.update({spec.name: fusion.image for spec in config.image_models})
+    blends = {Modality.TEXT.value: _blend_report(fusion.text)}
+    if fusion.image is not None:
+        blends[Modality.IMAGE.value] = _blend_report(fusion.image)
+    return TrainingReport(
+        base_models={
+            spec.name: _model_report(spec, runs[spec.name], fits[spec.name])
+            for spec in config.models()
+            if spec.name in fits
+        },
+        blends=blends,
+        stack=_stack_report(fusion.stack),
+        rows=rows.counts(
+            heldout_images=len(fusion.image.probs) if fusion.image else 0,
+            heldout_with_image=len(fusion.image_with_text.probs) if fusion.image_with_text else 0,
+        ),
+        phase_seconds=dict(timer.seconds),
+        seconds=timer.total,
+    )
+
+
+def run_training(
+    config: RunConfig, data_dir: Path, out_dir: Path, log: Log = print
+) -> TrainingReport:
+    """Run the whole protocol; returns the report also written to ``RUN/metrics.json``.
 
     Raises:
         SchemaError: the data folder is malformed (raised before any training).
     """
-    started = time.perf_counter()
-    layout = RunLayout(out_dir)
+    layout = RunLayout(Path(out_dir))
+    timer = PhaseTimer(log)
     data = load_training_data(Path(data_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.save(out_dir / "config.yaml")
-    splits: Splits = stratified_splits(
-        data.labelled[LABEL_COLUMN], config.seed, config.splits.test_fraction,
-        config.splits.val_fraction,
-    )  # fmt: skip
-    splits.save(out_dir / "splits.json")
-    rows = data.labelled
-    train, val = rows.loc[splits.train], rows.loc[splits.val]
-    heldout = rows.loc[splits.held_out]
-    images = image_rows(data, splits)
-    images.extra.save(out_dir / IMAGES_ONLY_SPLITS_FILE)
-    log(
-        f"splits: train {len(train)}, val {len(val)}, internal test {len(splits.test)}; "
-        f"image-only rows: train {len(images.extra.train)}, val {len(images.extra.val)}, "
-        f"internal test {len(images.extra.test)}"
-    )
-
-    runs: dict[str, BaseModelRun] = {}
-    for spec in config.models():
-        phase = time.perf_counter()
-        parts = (images.train, images.val, images.heldout)
-        if spec.kind != "timm_image":
-            parts = (train, val, heldout)
-        runs[spec.name] = train_base_model(spec, *parts, layout.base / spec.name, config.seed)
-        log(f"base model {spec.name} ({spec.kind}) trained in {time.perf_counter() - phase:.0f}s")
-
-    y_idx = pd.Series(codes_to_indices(images.heldout[LABEL_COLUMN]), index=images.heldout.index)
-    test_rows = images.test
-    # Kept next to the run so reports can redraw calibration before and after temperature.
-    y_idx.rename("label").to_frame().to_parquet(out_dir / HELDOUT_LABELS_FILE)
-    for name, run in runs.items():
-        scores = run.heldout_scores
-        scores.columns = [str(c) for c in scores.columns]
-        scores.to_parquet(layout.base / name / HELDOUT_SCORES_FILE)
-
-    def scored(specs: list[ModelSpec]) -> list[ScoredModel]:
-        return [ScoredModel(s.name, s.kind, runs[s.name].heldout_scores) for s in specs]
-
-    text = fit_modality(scored(config.text_models), y_idx, test_rows, config.fusion.blend)
-    image = None
-    if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
-        image = fit_modality(scored(config.image_models), y_idx, test_rows, config.fusion.blend)
-    # Image temperatures and weights use every held-out image; the stacks only rows with text.
-    image_with_text = rows_with_text(image, heldout.index) if image is not None else None
-    stack = fit_stack(text, image_with_text, y_idx, test_rows, config.fusion, config.seed)
-    scores = {
-        part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
-    }
-    log(f"fusion fitted, weighted F1 (cross-fitted on held-out rows): {scores}")
-
-    phase = time.perf_counter()
-    final_dirs = {
-        spec.name: _refit(spec, runs[spec.name], data, layout, config.seed)
-        for spec in config.models()
-    }
-    log(f"final refit done in {time.perf_counter() - phase:.0f}s")
-
-    fits = {spec.name: text for spec in config.text_models}
-    fits.update({spec.name: image for spec in config.image_models if image is not None})
-    metrics = {
-        "base_models": {name: _base_model_metrics(runs[name], fit) for name, fit in fits.items()},
-        "blends": {
-            name: fit.report["blend"] for name, fit in (("text", text), ("image", image)) if fit
-        },
-        "stack": stack.report,
-        "rows": {
-            "train": len(train),
-            "val": len(val),
-            "internal_test": len(splits.test),
-            "images_only": len(data.images_only),
-            "images_only_train": len(images.extra.train),
-            "images_only_val": len(images.extra.val),
-            "images_only_internal_test": len(images.extra.test),
-            "heldout_images": len(image.probs) if image else 0,
-            "heldout_with_image": len(image_with_text.probs) if image_with_text else 0,
-        },
-        "seconds": time.perf_counter() - started,
-    }
-    fingerprint = data_fingerprint(rows[[*X_COLUMNS, LABEL_COLUMN]])
-    _write_bundle(config, layout, final_dirs, text, image, stack, fingerprint, metrics)
-    layout.metrics.write_text(json.dumps(metrics, indent=1))
-    log(f"bundle sealed in {layout.bundle} ({time.perf_counter() - started:.0f}s in all)")
-    return metrics
+    layout.root.mkdir(parents=True, exist_ok=True)
+    config.save(layout.config)
+    with timer.phase("split"):
+        rows = split_rows(config, data, layout, log)
+    with timer.phase("base models"):
+        runs = train_base_models(config, rows, layout, log)
+    with timer.phase("fusion"):
+        fusion = fit_fusion(config, runs, rows, layout, log)
+    with timer.phase("refit"):
+        final_dirs = refit_base_models(config, runs, rows, layout)
+    report = build_report(config, runs, fusion, rows, timer)
+    fingerprint = data_fingerprint(data.labelled[[*X_COLUMNS, LABEL_COLUMN]])
+    seal_run_bundle(config, layout.bundle, final_dirs, fusion, fingerprint, report)
+    report.save(layout.metrics)
+    log(f"bundle sealed in {layout.bundle.root} ({timer.total:.0f}s in all)")
+    return report

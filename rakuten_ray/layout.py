@@ -1,0 +1,161 @@
+"""Where everything lives: the training run, the model bundle and the scoring output, the
+prediction columns and the per-row image status.
+
+Every module that writes or reads one of these folders takes its names from here, so a
+layout changes in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import pandas as pd
+
+from rakuten_ray.catalog import CLASS_CODES
+
+
+class ImageStatus(str, Enum):
+    """What became of a row's image, in training and in every scoring engine."""
+
+    OK = "ok"
+    MISSING = "missing"
+    UNREADABLE = "unreadable"
+    TOO_LARGE = "too_large"
+    #: The row's productid or imageid is not a valid integer: no file name to look up.
+    INVALID_ID = "invalid_id"
+    #: The bundle has no image model: every row is scored from its text.
+    NO_IMAGE_MODEL = "no_image_model"
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction columns
+# --------------------------------------------------------------------------------------------
+
+#: 0-based position of a row in the whole input: the key that resuming and ordering use.
+ROW_COLUMN = "row"
+#: The input's row index travels under this column name and comes out under it.
+INDEX_COLUMN = "index"
+TEXT_PROBS = [f"text_prob_{code}" for code in CLASS_CODES]
+IMAGE_PROBS = [f"image_prob_{code}" for code in CLASS_CODES]
+FINAL_PROBS = [f"prob_{code}" for code in CLASS_CODES]
+#: The predictions' columns, in order, with their pandas types.
+PREDICTION_DTYPES: dict[str, str] = {
+    ROW_COLUMN: "int64", INDEX_COLUMN: "Int64", "productid": "Int64", "imageid": "Int64",
+    "prdtypecode": "int64", "confidence": "float64", "text_prdtypecode": "int64",
+    "image_prdtypecode": "Int64", "image_status": "object",
+    **dict.fromkeys(FINAL_PROBS, "float64"),
+}  # fmt: skip
+
+
+def empty_predictions() -> pd.DataFrame:
+    """The predictions' columns and types, with no rows."""
+    return pd.DataFrame(
+        {name: pd.Series(dtype=dtype) for name, dtype in PREDICTION_DTYPES.items()}
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleLayout:
+    """A model bundle: everything scoring reads, sealed by ``manifest.json``.
+
+    Paths inside the bundle are relative (as the manifest lists them); :meth:`path` makes
+    one absolute.
+    """
+
+    root: Path
+
+    MANIFEST = "manifest.json"
+    FUSION = "fusion.json"
+    CONFIG = "config.yaml"
+    META_WITH_IMAGE = "meta_with_image.skops"
+    META_TEXT_ONLY = "meta_text_only.skops"
+    MODELS = "models"
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a file or folder inside the bundle."""
+        return self.root / relative
+
+    @classmethod
+    def model(cls, name: str) -> str:
+        """Relative folder of base model ``name``."""
+        return f"{cls.MODELS}/{name}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """A training run's folder (``rakuten-ray train --out``)."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def images_only_splits(self) -> Path:
+        """The image-only rows' own split, saved like :attr:`splits`."""
+        return self.root / "splits_images_only.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def heldout_labels(self) -> Path:
+        """Class index of every held-out row: reports redraw calibration from it."""
+        return self.root / "heldout_labels.parquet"
+
+    @property
+    def base_models(self) -> Path:
+        return self.root / "base_models"
+
+    def model_dir(self, name: str) -> Path:
+        """Working folder of base model ``name`` (checkpoints, fitted model, refit)."""
+        return self.base_models / name
+
+    def heldout_scores(self, name: str) -> Path:
+        """Base model ``name``'s raw scores on the held-out rows."""
+        return self.model_dir(name) / "heldout_scores.parquet"
+
+    @property
+    def bundle(self) -> BundleLayout:
+        return BundleLayout(self.root / "bundle")
+
+
+@dataclass(frozen=True)
+class ScoringLayout:
+    """A scoring run's folder (``rakuten-ray score --out``)."""
+
+    root: Path
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "submission.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def parquet_dir(self) -> Path:
+        """The Parquet folder: ``predictions/`` inside a scoring output, or the folder
+        itself when it already is one."""
+        return self.predictions if self.predictions.is_dir() else self.root

@@ -1,0 +1,133 @@
+"""``hf_text``: a Hugging Face sequence classifier (BERT, CamemBERT, XLM-R, any
+``AutoModelForSequenceClassification``) fine-tuned with Ray Train
+(:mod:`rakuten_ray.models.transformer`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from rakuten_ray.models.packaged import PACKAGE_PREFIX
+from rakuten_ray.models.registry import DeepKind, Modality, register
+from rakuten_ray.models.spec import ConfigError, DeepModelSpec
+from rakuten_ray.training.tasks import Batch, DeepTask
+
+if TYPE_CHECKING:
+    import torch
+
+    from rakuten_ray.models.transformer import TextClassifier
+
+#: Submodules of a Hugging Face sequence classifier that belong to its classification head.
+TEXT_HEADS = ("pre_classifier", "classifier")
+
+
+@dataclass(kw_only=True)
+class HfTextSpec(DeepModelSpec):
+    """Settings of a Hugging Face text classifier.
+
+    ``template`` renders a product's fields into the model's input; ``markers`` are the
+    template's tokens that become special tokens (default: its bracketed upper-case words,
+    such as ``[TITRE]`` and ``[DESC]``; ``[]`` adds none).
+    """
+
+    template: str = "{designation} [SEP] {description}"
+    max_length: int = 128
+    #: ``first``: the model's own head on the first token; ``mean``: masked mean of the
+    #: tokens into a linear head (sentence encoders such as MiniLM).
+    pooling: Literal["first", "mean"] = "first"
+    markers: list[str] | None = None
+
+    def check(self, key: str) -> None:
+        # A text head is not always one linear layer (RoBERTa's is two): no exact fit.
+        if self.train.head_fit == "probe":
+            raise ConfigError(f"{key}.train.head_fit: only image models fit a probe head")
+        super().check(key)
+        if self.max_length < 8:
+            raise ConfigError(f"{key}.max_length: must be at least 8, got {self.max_length}")
+
+    def hub_source(self) -> str | None:
+        local = self.model.startswith((PACKAGE_PREFIX, "/", ".")) or Path(self.model).exists()
+        return None if local else self.model
+
+    def marker_tokens(self) -> list[str]:
+        """The markers added to the tokenizer."""
+        from rakuten_ray.models.transformer import template_markers
+
+        return template_markers(self.template) if self.markers is None else list(self.markers)
+
+
+class TextTask(DeepTask):
+    """Fine-tuning a Hugging Face sequence classifier on rendered texts."""
+
+    input_column = "text"
+
+    def __init__(self, spec: HfTextSpec) -> None:
+        super().__init__(spec)
+        self.tokenizer: Any = None
+
+    def build(self, weights_from: Path | None = None) -> torch.nn.Module:
+        from rakuten_ray.catalog import NUM_CLASSES
+        from rakuten_ray.models.transformer import create_text_model
+
+        spec = self.spec
+        # A checkpoint folder already holds the markers and the resized embeddings.
+        source, revision = (spec.model, spec.revision) if weights_from is None else (
+            str(weights_from), None
+        )  # fmt: skip
+        self.tokenizer, model = create_text_model(
+            source, NUM_CLASSES, spec.pooling, revision, spec.marker_tokens()
+        )
+        return model
+
+    def collate(self, training: bool) -> Callable[[Sequence[tuple[Any, int]]], Batch]:
+        import torch
+
+        from rakuten_ray.models.transformer import tokenize
+
+        def collate(items: Sequence[tuple[Any, int]]) -> Batch:
+            texts, labels = zip(*items, strict=True)
+            inputs = tokenize(self.tokenizer, texts, self.spec.max_length)
+            return inputs, torch.tensor(labels), torch.ones(len(labels))
+
+        return collate
+
+    def forward(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        return model(**inputs)
+
+    def save(self, model: torch.nn.Module, folder: Path) -> None:
+        from rakuten_ray.models.transformer import TextSettings, save_text_model
+
+        spec = self.spec
+        settings = TextSettings(spec.template, spec.max_length, spec.pooling)
+        save_text_model(model, self.tokenizer, settings, folder)
+
+    def head_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        # Hugging Face sequence classifiers put their head in ``classifier`` (a linear layer
+        # for BERT, dense + projection for RoBERTa; DistilBERT-like models add a
+        # ``pre_classifier``); SequenceClassifier holds that model as ``network``.
+        network = model.network
+        return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
+
+
+@register
+class HfTextKind(DeepKind):
+    name = "hf_text"
+    modality = Modality.TEXT
+    spec_type = HfTextSpec
+
+    def task(self, spec: HfTextSpec) -> TextTask:
+        return TextTask(spec)
+
+    def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:
+        from rakuten_ray.training.data import text_table
+
+        return text_table(rows, spec.template)
+
+    def load_scorer(self, folder: Path, batch_size: int | None = None) -> TextClassifier:
+        from rakuten_ray.models.transformer import TEXT_BATCH_SIZE, TextClassifier
+
+        return TextClassifier(folder, batch_size=batch_size or TEXT_BATCH_SIZE)

@@ -1,0 +1,146 @@
+"""The typed report of a training run, written to ``RUN/metrics.json`` and into the bundle's
+manifest; the demo, the command line and the benchmarks read it through these classes.
+
+Every score is measured where the measured part did not fit: a base model and a blend on the
+internal-test rows, a stack by cross-fitting on the held-out rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Classification scores of probabilities against labels (:func:`~rakuten_ray.metrics.
+    classification_summary`)."""
+
+    weighted_f1: float
+    accuracy: float
+    log_loss: float
+    brier: float
+    ece: float
+    classwise_ece: float
+    rows: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's temperature and its calibration scores before (T = 1) and after it, on the
+    internal-test rows."""
+
+    temperature: float
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+@dataclass(frozen=True)
+class BaseModelReport:
+    """One base model: how it was trained and how it scores once calibrated."""
+
+    kind: str
+    modality: str
+    internal_test: Scores
+    calibration: Calibration
+    blend_weight: float
+    train_seconds: float
+    #: Per-epoch metrics of a model trained by epochs (empty for the TF-IDF model).
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class BlendReport:
+    """A modality's blend of calibrated models."""
+
+    method: str
+    weights: dict[str, float]
+    rules: dict[str, Any]
+    internal_test: Scores
+    #: Held-out rows every model of the modality scored (for images: rows with an image).
+    rows: int
+
+
+@dataclass(frozen=True)
+class StackReport:
+    """The meta-models, scored out of fold on the held-out rows."""
+
+    #: The final system on every held-out row: the stack where a row has an image, the
+    #: text-only meta-model elsewhere.
+    final: Scores
+    #: The same on the internal-test rows, where the base models are measured.
+    final_internal_test: Scores
+    text_only: Scores
+    text_blend: Scores
+    text_only_choice: dict[str, Any]
+    with_image: Scores | None = None
+    with_image_choice: dict[str, Any] | None = None
+    text_only_on_image_rows: Scores | None = None
+    image_blend: Scores | None = None
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """How many rows each part of the protocol used."""
+
+    train: int
+    val: int
+    internal_test: int
+    images_only: int
+    images_only_train: int
+    images_only_val: int
+    images_only_internal_test: int
+    heldout_images: int
+    heldout_with_image: int
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """Everything a training run measured."""
+
+    base_models: dict[str, BaseModelReport]
+    blends: dict[str, BlendReport]
+    stack: StackReport
+    rows: RowCounts
+    #: Wall time of each phase of the run, in order.
+    phase_seconds: dict[str, float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, as written to ``metrics.json``."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingReport:
+        return _typed(cls, data)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingReport:
+        """Read a run's ``metrics.json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` (plain data) rebuilt as ``hint``: dataclasses, and mappings or options of them."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(inner, value)
+    if origin is dict and dataclasses.is_dataclass(args[1]):
+        return {key: _typed(args[1], item) for key, item in value.items()}
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        fields = {f.name for f in dataclasses.fields(hint)}
+        return hint(**{k: _typed(hints[k], v) for k, v in value.items() if k in fields})
+    return value
