@@ -53,12 +53,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rakuten_ray.ray_session import ensure_ray
     from rakuten_ray.training.data import load_training_data
     from rakuten_ray.training.protocol import run_training
+    from rakuten_ray.training.report import format_summary, summary_rows
 
     config = load_config(args.config, args.set)
     load_training_data(args.data)  # schema errors surface before any folder or cluster work
     _prepare_out_dir(args.out, args.overwrite)
     ensure_ray(args.address)
-    run_training(config, args.data, args.out)
+    report = run_training(config, args.data, args.out)
+    print(format_summary(summary_rows(report)))
     return 0
 
 
@@ -89,7 +91,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     final = metrics["final"]
     print(
         f"weighted F1 {final['weighted_f1']:.4f}, accuracy {final['accuracy']:.4f}, "
-        f"log loss {final['log_loss']:.4f}, ECE {final['ece']:.4f} on {final['rows']} rows"
+        f"log loss {final['log_loss']:.4f}, ECE {final['ece']:.4f} on {int(final['rows'])} rows"
     )
     print(f"report: {args.out / 'index.html'}")
     return 0

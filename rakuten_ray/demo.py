@@ -8,66 +8,23 @@ labels, and writes a one-page report.
 from __future__ import annotations
 
 import html
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rakuten_ray.catalog import IMAGE_SUBDIRS, X_TEST_FILE
 from rakuten_ray.config import load_config
-from rakuten_ray.training.report import Scores, TrainingReport
+from rakuten_ray.layout import RunLayout, ScoringLayout
+from rakuten_ray.phases import PhaseClock
+from rakuten_ray.training.report import (
+    SUMMARY_HEADER,
+    Scores,
+    TrainingReport,
+    format_summary,
+    summary_row,
+    summary_rows,
+)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-
-
-class PhaseClock:
-    """Prints one line per phase with its elapsed time, and keeps the timings."""
-
-    def __init__(self, say: Callable[[str], None] = print) -> None:
-        self.say = say
-        self.seconds: dict[str, float] = {}
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Time the body as phase ``name``."""
-        self.say(f"[demo] {name} ...")
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        total = time.perf_counter() - self.started
-        self.say(f"[demo] {name} done in {self.seconds[name]:.0f}s (total {total:.0f}s)")
-
-
-def _row(name: str, scores: Scores, ece_before: float | None = None) -> list[str]:
-    before = f"{ece_before:.3f}" if ece_before is not None else "-"
-    return [
-        name, f"{scores.weighted_f1:.3f}", f"{scores.log_loss:.3f}", before, f"{scores.ece:.3f}"
-    ]
-
-
-def metrics_rows(report: TrainingReport, test_metrics: dict[str, Any]) -> list[list[str]]:
-    """The summary table: each base model, each blend and the stack."""
-    rows = []
-    for name, model in report.base_models.items():
-        before = model.calibration.before["ece"]
-        rows.append(_row(f"{name} ({model.kind})", model.internal_test, before))
-    for name, blend in report.blends.items():
-        rows.append(_row(f"{name} blend", blend.internal_test))
-    rows.append(_row("stack (cross-fitted)", report.stack.final_internal_test))
-    rows.append(_row("stack on the demo test rows", Scores(**test_metrics["final"])))
-    return rows
-
-
-HEADER = ["model", "weighted F1", "log loss", "ECE before T", "ECE"]
-
-
-def format_table(rows: list[list[str]]) -> str:
-    """A plain-text table for the terminal."""
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(HEADER, widths, strict=True))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def html_sections(
@@ -96,7 +53,7 @@ def html_sections(
         "<p>Base models, blends and the cross-fitted stack: internal-test rows (never trained "
         "on; the stack's rows predicted out of fold). Then the demo's own test rows, scored "
         "by the Ray engine with the sealed bundle.</p>",
-        html_table(HEADER, table),
+        html_table(SUMMARY_HEADER, table),
         "<h2>Calibration and blending</h2>",
         html_table(["model", "temperature", "blend weight"], fusion),
         f"<p>Rows scored without a usable image (text-only meta-model): {without} of {total} "
@@ -117,29 +74,31 @@ def run_demo(
     from rakuten_ray.synthetic import Y_TEST_FILE, generate_catalogue
     from rakuten_ray.training.protocol import run_training
 
-    clock = PhaseClock()
-    data, run, scores, report = (workdir / n for n in ("data", "run", "scores", "report"))
+    clock = PhaseClock(label="[demo] ")
+    data, scores, pages = (workdir / n for n in ("data", "scores", "report"))
+    run = RunLayout(workdir / "run")
     config = load_config(DEMO_CONFIG, overrides)
     with clock.phase("generate the demo catalogue"):
         generate_catalogue(data, rows=rows, test_rows=test_rows, seed=seed)
     with clock.phase("start Ray"):
         ensure_ray()
     with clock.phase(f"train (splits, {len(config.models())} base models, fusion, refit, bundle)"):
-        report = run_training(config, data, run, log=lambda line: print(f"  {line}"))
+        report = run_training(config, data, run.root, log=lambda line: print(f"  {line}"))
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(
-            run / "bundle", data / "X_test_update.csv", data / "images" / "image_test", scores,
+            run.bundle.root, data / X_TEST_FILE, data / IMAGE_SUBDIRS["test"], scores,
             engine="ray", overwrite=True,
         )  # fmt: skip
     with clock.phase("evaluate and write the report"):
-        evaluation = compute_evaluation(scores, data / Y_TEST_FILE, report, run)
-        table = metrics_rows(report, evaluation.metrics)
+        evaluation = compute_evaluation(scores, data / Y_TEST_FILE, pages, run.root)
+        on_test_rows = Scores(**evaluation.metrics["final"])
+        table = [*summary_rows(report), summary_row("stack on the demo test rows", on_test_rows)]
     sections = html_sections(table, report, evaluation.metrics, clock.seconds)
-    write_html_report(report / "index.html", "rakuten-ray demo", evaluation, sections)
+    write_html_report(pages / "index.html", "rakuten-ray demo", evaluation, sections)
     print()
-    print(format_table(table))
+    print(format_summary(table))
     print(f"\nscoring: {summary.rows_per_second:.1f} rows/s on {summary.rows} rows")
-    print(f"bundle:      {run / 'bundle'}")
-    print(f"predictions: {scores / 'predictions'}")
-    print(f"report:      {report / 'index.html'}")
+    print(f"bundle:      {run.bundle.root}")
+    print(f"predictions: {ScoringLayout(scores).predictions}")
+    print(f"report:      {pages / 'index.html'}")
     return evaluation.metrics

@@ -14,7 +14,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from rakuten_ray.catalog import CATEGORY_NAMES, CLASS_CODES, codes_to_indices, read_labels
+from rakuten_ray.catalog import (
+    CATEGORY_NAMES,
+    CLASS_CODES,
+    SchemaError,
+    codes_to_indices,
+    read_labels,
+)
 from rakuten_ray.fusion.calibration import apply_temperature
 from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, ImageStatus, RunLayout, ScoringLayout
 from rakuten_ray.metrics import classification_summary, reliability_curve, softmax, weighted_f1
@@ -125,7 +131,7 @@ def compute_evaluation(
     labels = read_labels(labels_csv)
     table = table[table[INDEX_COLUMN].isin(labels.index)]
     if table.empty:
-        raise ValueError(f"{labels_csv}: no label matches a predicted row's index")
+        raise SchemaError(f"{labels_csv}: no label matches a predicted row's index")
     y_true = codes_to_indices(labels.loc[table[INDEX_COLUMN].to_numpy()].to_numpy())
     probs = table[FINAL_PROBS].to_numpy(dtype=np.float64)
     y_pred = probs.argmax(axis=1)

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 TEMPLATE = "[TITRE] {designation} [DESC] {description}"
 EPOCH_METRICS = {
     "epoch", "train_loss", "val_log_loss", "val_weighted_f1", "train_seconds", "epoch_seconds",
-    "attempt_start_epoch",
+    "attempt_start_epoch", "workers",
 }  # fmt: skip
 #: Four classes whose synthetic pictures differ in both shape family and colour.
 DISTINCT_IMAGE_CODES = (1280, 1560, 2522, 2583)
@@ -120,8 +120,8 @@ def test_packaged_minilm_learns_the_synthetic_catalogue(
     heldout = text_rows.loc[text_splits.test]
     run = train_base_model(spec, train, val, heldout, tmp_path, seed=0)
 
-    check_history(run.history, 2)
-    assert run.best_epoch in (0, 1)
+    check_history(run.fit.history, 2)
+    assert run.fit.best_epoch in (0, 1)
     assert (run.model_dir / "model.safetensors").is_file()
     assert list(run.heldout_scores.index) == list(heldout.index)
     assert run.heldout_scores.shape[1] == 27
@@ -167,7 +167,7 @@ def test_packaged_efficientnet_learns_distinct_synthetic_images(
         spec, rows.loc[splits.train], rows.loc[splits.val], heldout, tmp_path / "run", seed=0
     )
 
-    check_history(run.history, 3)
+    check_history(run.fit.history, 3)
     assert len(run.heldout_scores) == len(heldout)
     chance = prior_guess_f1(heldout)
     f1 = heldout_f1(run.heldout_scores, heldout)

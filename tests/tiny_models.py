@@ -45,9 +45,9 @@ def unigram_tokenizer(texts: Iterable[str], tokenizer_class: type, vocab_size: i
     )  # fmt: skip
 
 
-def write_tiny_roberta(folder: Path, family: str, texts: list[str]) -> Path:
-    """A tiny ``camembert`` or ``xlm-roberta`` encoder and its tokenizer, in a folder that
-    ``from_pretrained`` reads as it reads the hub's."""
+def write_tiny_roberta(folder: Path, family: str, texts: list[str], seed: int = 0) -> Path:
+    """A tiny ``camembert`` or ``xlm-roberta`` encoder (weights drawn with ``seed``) and its
+    tokenizer, in a folder that ``from_pretrained`` reads as it reads the hub's."""
     import torch
     from transformers import (
         CamembertConfig,
@@ -70,19 +70,19 @@ def write_tiny_roberta(folder: Path, family: str, texts: list[str]) -> Path:
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-def write_tiny_timm(path: Path, arch: str, model_args: dict) -> Path:
+def write_tiny_timm(path: Path, arch: str, model_args: dict, seed: int = 0) -> Path:
     """A randomly initialised timm model's full state dict, as a safetensors file."""
     import timm
     import torch
     from safetensors.torch import save_file
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, **model_args)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     return path

@@ -343,6 +343,7 @@ def run_epoch(
     y_val = val_table["label"].to_numpy(dtype=np.int64)
     return {
         "epoch": epoch,
+        "workers": _world()[1],
         **fitted,
         MONITOR: log_loss(probs, y_val),
         "val_weighted_f1": weighted_f1(y_val, probs.argmax(axis=1)),

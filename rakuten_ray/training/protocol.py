@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_m
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.spec import ModelSpec
+from rakuten_ray.phases import PhaseClock
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.training.base_models import BaseModelRun, train_base_model
 from rakuten_ray.training.data import TrainingData, load_training_data
@@ -95,26 +94,6 @@ class FusionFit:
     #: The image blend on the held-out rows that also have text: what the stack saw.
     image_with_text: ModalityFit | None
     stack: StackFit
-
-
-class PhaseTimer:
-    """Wall time of each named phase, logged as each ends."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.seconds: dict[str, float] = {}
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - start
-        self.log(f"phase {name} done in {self.seconds[name]:.0f}s")
-
-    @property
-    def total(self) -> float:
-        return time.perf_counter() - self.started
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +292,7 @@ def build_report(
     runs: dict[str, BaseModelRun],
     fusion: FusionFit,
     rows: RunRows,
-    timer: PhaseTimer,
+    timer: PhaseClock,
 ) -> TrainingReport:
     """The typed report of the run so far."""
     fits = {spec.name: fusion.text for spec in config.text_models}
@@ -348,7 +327,7 @@ def run_training(
         SchemaError: the data folder is malformed (raised before any training).
     """
     layout = RunLayout(Path(out_dir))
-    timer = PhaseTimer(log)
+    timer = PhaseClock(log, label="phase ")
     data = load_training_data(Path(data_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
     config.save(layout.config)

@@ -129,6 +129,39 @@ class TrainingReport:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+SUMMARY_HEADER = ["model", "weighted F1", "log loss", "ECE before T", "ECE"]
+
+
+def summary_row(name: str, scores: Scores, ece_before: float | None = None) -> list[str]:
+    """One line of the summary table."""
+    before = f"{ece_before:.3f}" if ece_before is not None else "-"
+    return [
+        name, f"{scores.weighted_f1:.3f}", f"{scores.log_loss:.3f}", before, f"{scores.ece:.3f}"
+    ]
+
+
+def summary_rows(report: TrainingReport) -> list[list[str]]:
+    """The summary table: each base model and blend (internal-test rows) and the stack
+    (cross-fitted)."""
+    rows = []
+    for name, model in report.base_models.items():
+        before = model.calibration.before["ece"]
+        rows.append(summary_row(f"{name} ({model.kind})", model.internal_test, before))
+    for name, blend in report.blends.items():
+        rows.append(summary_row(f"{name} blend", blend.internal_test))
+    rows.append(summary_row("stack (cross-fitted)", report.stack.final_internal_test))
+    return rows
+
+
+def format_summary(rows: list[list[str]]) -> str:
+    """The summary table as plain text for the terminal."""
+    widths = [max(len(r[i]) for r in [SUMMARY_HEADER, *rows]) for i in range(len(SUMMARY_HEADER))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [SUMMARY_HEADER, *rows]
+    )
+
+
 def _typed(hint: Any, value: Any) -> Any:
     """``value`` (plain data) rebuilt as ``hint``: dataclasses, and mappings or options of them."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
