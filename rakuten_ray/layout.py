@@ -159,3 +159,32 @@ class ScoringLayout:
         """The Parquet folder: ``predictions/`` inside a scoring output, or the folder
         itself when it already is one."""
         return self.predictions if self.predictions.is_dir() else self.root
+
+
+@dataclass(frozen=True)
+class AuditLayout:
+    """An audit's folder (``rakuten-ray audit --out``)."""
+
+    root: Path
+
+    @property
+    def suspects(self) -> Path:
+        """Every disputed product, most suspect first."""
+        return self.root / "suspects.parquet"
+
+    @property
+    def suspects_csv(self) -> Path:
+        return self.root / "suspects.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def page(self) -> Path:
+        return self.root / "index.html"
+
+    @property
+    def thumbnails(self) -> Path:
+        """Downscaled copies of the page's images, referenced by relative paths."""
+        return self.root / "thumbs"

@@ -90,10 +90,12 @@ class DeepKind(ModelKind):
     (:mod:`rakuten_ray.training.loop`); it supplies the training task and table."""
 
     trainer = "ray_train"
+    #: What the training loop needs: the model, its batches, its head, how it saves.
+    task_type: ClassVar[type[DeepTask]]
 
-    @abstractmethod
     def task(self, spec: Any) -> DeepTask:
-        """What the training loop needs: the model, its batches, its head, how it saves."""
+        """The training task of ``spec``."""
+        return self.task_type(spec)
 
     @abstractmethod
     def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:

@@ -118,9 +118,7 @@ class HfTextKind(DeepKind):
     name = "hf_text"
     modality = Modality.TEXT
     spec_type = HfTextSpec
-
-    def task(self, spec: HfTextSpec) -> TextTask:
-        return TextTask(spec)
+    task_type = TextTask
 
     def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:
         from rakuten_ray.training.data import text_table

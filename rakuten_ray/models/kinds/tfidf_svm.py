@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from rakuten_ray.models.registry import FitResult, Modality, ModelKind, register
 from rakuten_ray.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
 
 @dataclass(kw_only=True)
@@ -61,7 +64,7 @@ class TfidfSvmKind(ModelKind):
     ) -> Path:
         return _fit_in_task(spec, rows, work_dir / "refit", seed)
 
-    def load_scorer(self, folder: Path, batch_size: int | None = None) -> Any:
+    def load_scorer(self, folder: Path, batch_size: int | None = None) -> TfidfSvmClassifier:
         from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
         return TfidfSvmClassifier(folder)

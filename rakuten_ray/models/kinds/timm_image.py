@@ -135,9 +135,7 @@ class TimmImageKind(DeepKind):
     name = "timm_image"
     modality = Modality.IMAGE
     spec_type = TimmImageSpec
-
-    def task(self, spec: TimmImageSpec) -> ImageTask:
-        return ImageTask(spec)
+    task_type = ImageTask
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
         from rakuten_ray.training.data import image_table

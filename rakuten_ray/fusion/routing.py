@@ -1,0 +1,206 @@
+"""Review routing: which predictions are accepted automatically and which go to people.
+
+The final probabilities are calibrated, so a confidence threshold sets the precision of the
+accepted rows. A threshold is fitted per scoring path (rows with a usable image are scored by
+the stack, rows without by the text-only meta-model) and, within a path, per predicted class
+where the held-out rows predicted as that class are enough to fit one (``min_class_rows``);
+other classes take the path's global threshold. Each threshold is the lowest confidence whose
+accepted rows reach ``target_precision``: as many rows as possible are accepted at the target.
+
+Fitted on the cross-fitted (out-of-fold) stack probabilities of the held-out rows. The
+expected precision and coverage reported with the policy are measured honestly: thresholds
+fitted on K-1 folds decide the rows of the remaining fold, and the pooled decisions give the
+estimates, with Wilson 95% intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+from rakuten_ray.catalog import CLASS_CODES
+
+AUTO = "auto"
+REVIEW = "review"
+#: Why a row goes to review: the text-only path (no usable image) was not confident enough;
+#: the text and image models disagree; or the prediction was simply not confident enough.
+NO_IMAGE_LOW_CONFIDENCE = "no_image_low_confidence"
+MODALITIES_DISAGREE = "modalities_disagree"
+LOW_CONFIDENCE = "low_confidence"
+#: A threshold above every probability: nothing on that path is accepted.
+NEVER = 1.0 + 1e-9
+#: z of a two-sided 95% interval.
+_Z95 = 1.959964
+#: Points of the coverage-precision curve.
+CURVE_POINTS = 41
+
+
+def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
+    """Wilson score 95% interval of a binomial proportion (``(0, 1)`` without trials)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + _Z95**2 / trials
+    centre = (p + _Z95**2 / (2 * trials)) / denominator
+    half = _Z95 * np.sqrt(p * (1 - p) / trials + _Z95**2 / (4 * trials**2)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+    """The lowest confidence threshold whose accepted rows (confidence >= it) have a
+    precision of at least ``target``; :data:`NEVER` when no threshold reaches it."""
+    if len(confidence) == 0:
+        return NEVER
+    order = np.argsort(-confidence, kind="stable")
+    sorted_conf = confidence[order]
+    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    # Rows of equal confidence are accepted together: judge each cut at its last tied row.
+    last_of_tie = np.r_[sorted_conf[1:] != sorted_conf[:-1], True]
+    reaching = np.flatnonzero(last_of_tie & (precision >= target))
+    if len(reaching) == 0:
+        return NEVER
+    return float(sorted_conf[reaching[-1]])
+
+
+@dataclass(frozen=True)
+class PathThresholds:
+    """Thresholds of one scoring path: per predicted class where fitted, else global."""
+
+    global_threshold: float
+    per_class: dict[int, float] = field(default_factory=dict)
+
+    def for_codes(self, codes: np.ndarray) -> np.ndarray:
+        """The threshold that applies to each predicted code."""
+        return np.array(
+            [self.per_class.get(int(code), self.global_threshold) for code in codes], dtype=float
+        )
+
+    @classmethod
+    def fit(
+        cls, confidence: np.ndarray, predicted: np.ndarray, correct: np.ndarray,
+        target: float, min_class_rows: int,
+    ) -> PathThresholds:  # fmt: skip
+        """Fit on held-out rows: their confidence, predicted code and whether it was right."""
+        per_class = {}
+        for code in np.unique(predicted):
+            rows = predicted == code
+            if rows.sum() >= min_class_rows:
+                per_class[int(code)] = threshold_for_precision(
+                    confidence[rows], correct[rows], target
+                )
+        return cls(threshold_for_precision(confidence, correct, target), per_class)
+
+
+@dataclass(frozen=True)
+class ReviewPolicy:
+    """Thresholds of both scoring paths at a target precision, stored in the bundle."""
+
+    target_precision: float
+    with_image: PathThresholds
+    text_only: PathThresholds
+
+    def decide(
+        self, confidence: np.ndarray, predicted: np.ndarray, has_image: np.ndarray,
+        text_codes: np.ndarray, image_codes: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """``decision`` (``auto`` / ``review``) and ``review_reason`` (empty when auto) per
+        row. ``image_codes`` is read only where ``has_image``."""
+        thresholds = np.where(
+            has_image, self.with_image.for_codes(predicted), self.text_only.for_codes(predicted)
+        )
+        auto = confidence >= thresholds
+        disagree = has_image & (text_codes != image_codes)
+        reason = np.where(
+            ~has_image, NO_IMAGE_LOW_CONFIDENCE,
+            np.where(disagree, MODALITIES_DISAGREE, LOW_CONFIDENCE),
+        )  # fmt: skip
+        decision = np.where(auto, AUTO, REVIEW).astype(object)
+        return decision, np.where(auto, "", reason).astype(object)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ReviewPolicy:
+        data = json.loads(text)
+
+        def path(values: dict[str, Any]) -> PathThresholds:
+            per_class = {int(code): float(t) for code, t in values["per_class"].items()}
+            return PathThresholds(float(values["global_threshold"]), per_class)
+
+        return cls(
+            float(data["target_precision"]), path(data["with_image"]), path(data["text_only"])
+        )
+
+    @classmethod
+    def fit(
+        cls, probs: np.ndarray, y_idx: np.ndarray, has_image: np.ndarray,
+        target: float, min_class_rows: int,
+    ) -> ReviewPolicy:  # fmt: skip
+        """Fit on held-out rows' final probabilities, their class indices and their path."""
+        codes = np.asarray(CLASS_CODES)
+        predicted = codes[probs.argmax(axis=1)]
+        confidence = probs.max(axis=1)
+        correct = probs.argmax(axis=1) == y_idx
+
+        def path(rows: np.ndarray) -> PathThresholds:
+            return PathThresholds.fit(
+                confidence[rows], predicted[rows], correct[rows], target, min_class_rows
+            )
+
+        return cls(target, with_image=path(has_image), text_only=path(~has_image))
+
+
+def coverage_precision_curve(probs: np.ndarray, y_idx: np.ndarray) -> list[dict[str, float]]:
+    """Coverage and precision of the rows accepted at a global threshold, for thresholds at
+    evenly spaced quantiles of the confidence (the lowest accepts every row)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_idx
+    curve = []
+    for threshold in np.unique(np.quantile(confidence, np.linspace(0, 1, CURVE_POINTS))):
+        accepted = confidence >= threshold
+        curve.append(
+            {
+                "threshold": float(threshold),
+                "coverage": float(accepted.mean()),
+                "precision": float(correct[accepted].mean()),
+            }
+        )
+    return curve
+
+
+def estimate_policy(
+    probs: np.ndarray, y_idx: np.ndarray, has_image: np.ndarray, target: float,
+    min_class_rows: int, folds: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Expected precision and coverage of a policy fitted like :meth:`ReviewPolicy.fit`,
+    measured on rows it was not fitted on (K-fold), with Wilson 95% intervals."""
+    accepted = np.zeros(len(y_idx), dtype=bool)
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_rows, test_rows in splitter.split(probs):
+        policy = ReviewPolicy.fit(
+            probs[fit_rows], y_idx[fit_rows], has_image[fit_rows], target, min_class_rows
+        )
+        codes = np.asarray(CLASS_CODES)[probs[test_rows].argmax(axis=1)]
+        thresholds = np.where(
+            has_image[test_rows],
+            policy.with_image.for_codes(codes),
+            policy.text_only.for_codes(codes),
+        )
+        accepted[test_rows] = probs[test_rows].max(axis=1) >= thresholds
+    correct = probs.argmax(axis=1) == y_idx
+    right, auto = int((correct & accepted).sum()), int(accepted.sum())
+    return {
+        "target_precision": target,
+        "rows": int(len(y_idx)),
+        "auto_rows": auto,
+        "precision": right / auto if auto else None,
+        "precision_interval": wilson_interval(right, auto),
+        "coverage": auto / len(y_idx) if len(y_idx) else 0.0,
+        "coverage_interval": wilson_interval(auto, len(y_idx)),
+        "folds": folds,
+    }
