@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,7 @@ def run_audit(
     image_dir: Path | None = None,
     products_csv: Path | None = None,
     page_rows: int = 200,
+    overwrite: bool = False,
 ) -> AuditSummary:
     """Audit a scoring output against the catalogue's current codes; write ``out``.
 
@@ -273,11 +275,14 @@ def run_audit(
         image_dir: the catalogue's images, for the page's thumbnails.
         products_csv: the catalogue's X file, for the page's product titles.
         page_rows: suspects shown on the page.
+        overwrite: replace a non-empty ``out``.
 
     Raises:
-        SchemaError: unreadable labels, unknown codes, or labels that do not match the
-            predicted rows one to one (before anything is written).
+        SchemaError: a non-empty ``out``, unreadable labels, unknown codes, or labels that do
+            not match the predicted rows one to one (before anything is written).
     """
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SchemaError(f"{out}: output folder is not empty (use --overwrite to replace it)")
     folder = ScoringLayout(predictions).parquet_dir()
     if not any(folder.glob("*.parquet")):
         raise SchemaError(f"{predictions}: no predictions (*.parquet) to audit")
@@ -294,7 +299,9 @@ def run_audit(
     summary = _summary(tally, suspects)
 
     layout = AuditLayout(out)
-    layout.root.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    layout.root.mkdir(parents=True)
     suspects.to_parquet(layout.suspects, index=False)
     suspects.to_csv(layout.suspects_csv, index=False)
     layout.summary.write_text(json.dumps(summary, indent=1))

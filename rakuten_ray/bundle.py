@@ -26,7 +26,7 @@ from rakuten_ray.config import RunConfig, ScoringParams, load_config
 from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import BundleLayout
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST_FILE = BundleLayout.MANIFEST
 #: Libraries whose versions decide whether a bundle loads and scores the same way.
 RECORDED_LIBRARIES = (

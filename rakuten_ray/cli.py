@@ -97,6 +97,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rakuten_ray.audit import run_audit
+
+    summary = run_audit(
+        args.predictions, args.labels, args.out, image_dir=args.images, products_csv=args.input,
+        page_rows=args.top, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(
+        f"audited {summary.rows} products: {summary.agreement_rate:.1%} agree with the model, "
+        f"{summary.suspects} suspects, {summary.expected_errors:.0f} expected wrong codes"
+    )
+    print(f"suspects: {args.out / 'suspects.parquet'}  page: {args.out / 'index.html'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rakuten_ray.demo import run_demo
 
@@ -156,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.add_argument("--run", type=Path, help="training run, for calibration diagrams")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    audit = commands.add_parser(
+        "audit", help="find products whose current category the model disputes"
+    )
+    audit.add_argument("--predictions", required=True, type=Path, help="scoring output")
+    audit.add_argument("--labels", required=True, type=Path, help="Y file of current codes")
+    audit.add_argument("--out", required=True, type=Path, help="audit folder")
+    audit.add_argument("--images", type=Path, help="image folder, for the page's thumbnails")
+    audit.add_argument("--input", type=Path, help="X file, for the page's product titles")
+    audit.add_argument("--top", type=int, default=200, help="suspects shown on the page")
+    audit.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    audit.set_defaults(handler=_cmd_audit)
 
     demo = commands.add_parser("demo", help="run the main job on the embedded default")
     demo.add_argument("--workdir", type=Path, default=Path("demo_run"), help="working folder")

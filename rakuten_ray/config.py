@@ -26,8 +26,9 @@ from rakuten_ray.models.registry import Modality, get_kind, kind_names, kind_of
 from rakuten_ray.models.spec import ConfigError, ModelSpec
 
 __all__ = [
-    "ConfigError", "FusionParams", "RunConfig", "ScoringParams", "SplitParams", "StagePool",
-    "UnpinnedModelWarning", "config_from_dict", "load_config", "model_spec_from_dict",
+    "ConfigError", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams", "SplitParams",
+    "StagePool", "TrainingParams", "UnpinnedModelWarning", "config_from_dict", "load_config",
+    "model_spec_from_dict",
 ]  # fmt: skip
 
 
@@ -54,6 +55,27 @@ class FusionParams:
     stack: Literal["auto", "logistic", "pooled"] = "auto"
     stack_C: float = 1.0
     cv_folds: int = 5
+
+
+@dataclass
+class TrainingParams:
+    """How a run schedules its base models."""
+
+    #: Base models trained at once, when the cluster holds their resources together (each is
+    #: its own Ray task or Ray Train run); 1 trains them one after another.
+    max_concurrent_models: int = 4
+
+
+@dataclass
+class ReviewParams:
+    """Review routing: which predictions are accepted without a person."""
+
+    #: Precision that automatically accepted predictions must reach.
+    target_precision: float = 0.95
+    #: Held-out rows predicted as a class needed to fit that class its own threshold.
+    min_class_rows: int = 30
+    #: Folds of the cross-fitted estimate of precision and coverage.
+    folds: int = 5
 
 
 @dataclass
@@ -91,7 +113,9 @@ class RunConfig:
     text_models: list[ModelSpec] = field(default_factory=list)
     image_models: list[ModelSpec] = field(default_factory=list)
     splits: SplitParams = field(default_factory=SplitParams)
+    training: TrainingParams = field(default_factory=TrainingParams)
     fusion: FusionParams = field(default_factory=FusionParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
     scoring: ScoringParams = field(default_factory=ScoringParams)
 
     def models(self) -> list[ModelSpec]:
@@ -257,11 +281,23 @@ def _check_scoring(scoring: ScoringParams) -> None:
         raise ConfigError("scoring.rows_per_output_file: must be at least 1")
 
 
+def _check_ranges(config: RunConfig) -> None:
+    if config.training.max_concurrent_models < 1:
+        raise ConfigError("training.max_concurrent_models: must be at least 1")
+    if not 0.0 < config.review.target_precision < 1.0:
+        raise ConfigError("review.target_precision: must be between 0 and 1")
+    if config.review.folds < 2:
+        raise ConfigError("review.folds: must be at least 2")
+    if config.review.min_class_rows < 1:
+        raise ConfigError("review.min_class_rows: must be at least 1")
+
+
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Validate plain data (as read from YAML) into a :class:`RunConfig`."""
     config = _build(RunConfig, data, "")
     _check_models(config)
     _check_scoring(config.scoring)
+    _check_ranges(config)
     return config
 
 

@@ -7,7 +7,6 @@ labels, and writes a one-page report.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,16 @@ DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def html_sections(
-    table: list[list[str]],
-    report: TrainingReport,
-    test_metrics: dict[str, Any],
-    timings: dict[str, float],
+    table: list[list[str]], report: TrainingReport, timings: dict[str, float]
 ) -> list[str]:
-    """The report's head: summary table, temperatures and weights, image coverage, timings."""
-
-    def html_table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-        )
-        return f"<table><tr>{head}</tr>{body}</table>"
+    """The demo's own sections of the page: every model, blend and stack; temperatures and
+    weights; timings."""
+    from rakuten_ray.evaluation import html_table
 
     fusion = [
         [name, f"{model.calibration.temperature:.3f}", f"{model.blend_weight:.3f}"]
         for name, model in report.base_models.items()
     ]
-    without = test_metrics["rows_without_image"]
-    total = without + test_metrics["rows_with_image"]
     return [
         "<h2>Models, blends and stack</h2>",
         "<p>Base models, blends and the cross-fitted stack: internal-test rows (never trained "
@@ -56,8 +45,6 @@ def html_sections(
         html_table(SUMMARY_HEADER, table),
         "<h2>Calibration and blending</h2>",
         html_table(["model", "temperature", "blend weight"], fusion),
-        f"<p>Rows scored without a usable image (text-only meta-model): {without} of {total} "
-        f"({100.0 * without / max(total, 1):.1f}%).</p>",
         "<h2>Timings</h2>",
         html_table(["phase", "seconds"], [[k, f"{v:.0f}"] for k, v in timings.items()]),
     ]
@@ -93,7 +80,7 @@ def run_demo(
         evaluation = compute_evaluation(scores, data / Y_TEST_FILE, pages, run.root)
         on_test_rows = Scores(**evaluation.metrics["final"])
         table = [*summary_rows(report), summary_row("stack on the demo test rows", on_test_rows)]
-    sections = html_sections(table, report, evaluation.metrics, clock.seconds)
+    sections = html_sections(table, report, clock.seconds)
     write_html_report(pages / "index.html", "rakuten-ray demo", evaluation, sections)
     print()
     print(format_summary(table))

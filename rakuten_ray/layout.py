@@ -44,8 +44,8 @@ FINAL_PROBS = [f"prob_{code}" for code in CLASS_CODES]
 PREDICTION_DTYPES: dict[str, str] = {
     ROW_COLUMN: "int64", INDEX_COLUMN: "Int64", "productid": "Int64", "imageid": "Int64",
     "prdtypecode": "int64", "confidence": "float64", "text_prdtypecode": "int64",
-    "image_prdtypecode": "Int64", "image_status": "object",
-    **dict.fromkeys(FINAL_PROBS, "float64"),
+    "image_prdtypecode": "Int64", "image_status": "object", "decision": "object",
+    "review_reason": "object", **dict.fromkeys(FINAL_PROBS, "float64"),
 }  # fmt: skip
 
 
@@ -76,6 +76,8 @@ class BundleLayout:
     CONFIG = "config.yaml"
     META_WITH_IMAGE = "meta_with_image.skops"
     META_TEXT_ONLY = "meta_text_only.skops"
+    #: The review policy (:class:`rakuten_ray.fusion.routing.ReviewPolicy`).
+    REVIEW = "review.json"
     MODELS = "models"
 
     def path(self, relative: str) -> Path:

@@ -108,6 +108,10 @@ class StackFit:
     with_image: MetaModel | None
     text_only: MetaModel
     report: dict[str, Any]
+    #: The final system's out-of-fold probabilities of every held-out row with text.
+    heldout_probs: pd.DataFrame
+    #: Which of those rows the stack scored (the others went through the text-only path).
+    has_image: np.ndarray
 
 
 def _meta_factories(C: float, structure: str, n_classes: int) -> dict[str, Callable[[], MetaModel]]:
@@ -164,6 +168,7 @@ def fit_stack(
         "text_blend": classification_summary(text_block, y_all),
     }
     with_image = None
+    has_image = np.zeros(len(all_rows), dtype=bool)
     if image is not None and len(image.probs) > 0:
         rows = image.probs.index
         y_img = y_idx.loc[rows].to_numpy()
@@ -177,10 +182,17 @@ def fit_stack(
         report["text_only_on_image_rows"] = classification_summary(final[positions], y_img)
         report["image_blend"] = classification_summary(blocks[1], y_img)
         final[positions] = stacked
+        has_image[positions] = True
     report["final"] = classification_summary(final, y_all)
     on_test = all_rows.isin(test_rows)
     report["final_internal_test"] = classification_summary(final[on_test], y_all[on_test])
-    return StackFit(with_image=with_image, text_only=text_only, report=report)
+    return StackFit(
+        with_image=with_image,
+        text_only=text_only,
+        report=report,
+        heldout_probs=pd.DataFrame(final, index=all_rows),
+        has_image=has_image,
+    )
 
 
 def calibrated_blend(

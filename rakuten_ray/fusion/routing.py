@@ -10,7 +10,9 @@ accepted rows reach ``target_precision``: as many rows as possible are accepted 
 Fitted on the cross-fitted (out-of-fold) stack probabilities of the held-out rows. The
 expected precision and coverage reported with the policy are measured honestly: thresholds
 fitted on K-1 folds decide the rows of the remaining fold, and the pooled decisions give the
-estimates, with Wilson 95% intervals.
+estimates, with Wilson 95% intervals. A row goes to review with the first reason that
+applies: ``no_image_low_confidence`` (scored from its text alone), ``modalities_disagree``
+(its text and image models name different codes), else ``low_confidence``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from rakuten_ray.catalog import CLASS_CODES
+from rakuten_ray.config import ReviewParams
 
 AUTO = "auto"
 REVIEW = "review"
@@ -103,16 +106,21 @@ class ReviewPolicy:
     with_image: PathThresholds
     text_only: PathThresholds
 
-    def decide(
-        self, confidence: np.ndarray, predicted: np.ndarray, has_image: np.ndarray,
-        text_codes: np.ndarray, image_codes: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """``decision`` (``auto`` / ``review``) and ``review_reason`` (empty when auto) per
-        row. ``image_codes`` is read only where ``has_image``."""
+    def accepts(self, probs: np.ndarray, has_image: np.ndarray) -> np.ndarray:
+        """Whether each row's final prediction is confident enough for its path and class."""
+        predicted = np.asarray(CLASS_CODES)[probs.argmax(axis=1)]
         thresholds = np.where(
             has_image, self.with_image.for_codes(predicted), self.text_only.for_codes(predicted)
         )
-        auto = confidence >= thresholds
+        return probs.max(axis=1) >= thresholds
+
+    def decide(
+        self, probs: np.ndarray, has_image: np.ndarray, text_codes: np.ndarray,
+        image_codes: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """``decision`` (``auto`` / ``review``) and ``review_reason`` (empty when auto) per
+        row. ``image_codes`` is read only where ``has_image``."""
+        auto = self.accepts(probs, has_image)
         disagree = has_image & (text_codes != image_codes)
         reason = np.where(
             ~has_image, NO_IMAGE_LOW_CONFIDENCE,
@@ -173,34 +181,69 @@ def coverage_precision_curve(probs: np.ndarray, y_idx: np.ndarray) -> list[dict[
     return curve
 
 
-def estimate_policy(
-    probs: np.ndarray, y_idx: np.ndarray, has_image: np.ndarray, target: float,
-    min_class_rows: int, folds: int, seed: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Expected precision and coverage of a policy fitted like :meth:`ReviewPolicy.fit`,
-    measured on rows it was not fitted on (K-fold), with Wilson 95% intervals."""
+def _accepted_out_of_fold(
+    probs: np.ndarray, y_idx: np.ndarray, has_image: np.ndarray, params: ReviewParams, seed: int
+) -> np.ndarray:
+    """Whether each row is accepted by a policy fitted on the other folds."""
     accepted = np.zeros(len(y_idx), dtype=bool)
-    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = KFold(n_splits=min(params.folds, len(y_idx)), shuffle=True, random_state=seed)
     for fit_rows, test_rows in splitter.split(probs):
         policy = ReviewPolicy.fit(
-            probs[fit_rows], y_idx[fit_rows], has_image[fit_rows], target, min_class_rows
-        )
-        codes = np.asarray(CLASS_CODES)[probs[test_rows].argmax(axis=1)]
-        thresholds = np.where(
-            has_image[test_rows],
-            policy.with_image.for_codes(codes),
-            policy.text_only.for_codes(codes),
-        )
-        accepted[test_rows] = probs[test_rows].max(axis=1) >= thresholds
-    correct = probs.argmax(axis=1) == y_idx
-    right, auto = int((correct & accepted).sum()), int(accepted.sum())
+            probs[fit_rows], y_idx[fit_rows], has_image[fit_rows], params.target_precision,
+            params.min_class_rows,
+        )  # fmt: skip
+        accepted[test_rows] = policy.accepts(probs[test_rows], has_image[test_rows])
+    return accepted
+
+
+def routing_estimate(accepted: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """Precision of the accepted rows and their share (coverage), with Wilson intervals."""
+    right, auto, rows = int((correct & accepted).sum()), int(accepted.sum()), len(accepted)
     return {
-        "target_precision": target,
-        "rows": int(len(y_idx)),
+        "rows": rows,
         "auto_rows": auto,
         "precision": right / auto if auto else None,
         "precision_interval": wilson_interval(right, auto),
-        "coverage": auto / len(y_idx) if len(y_idx) else 0.0,
-        "coverage_interval": wilson_interval(auto, len(y_idx)),
-        "folds": folds,
+        "coverage": auto / rows if rows else 0.0,
+        "coverage_interval": wilson_interval(auto, rows),
     }
+
+
+@dataclass(frozen=True)
+class RoutingFit:
+    """The policy for the bundle and what it is expected to do."""
+
+    policy: ReviewPolicy
+    #: Cross-fitted estimate on every held-out row, and on the internal-test rows alone.
+    expected: dict[str, Any]
+    expected_internal_test: dict[str, Any]
+    #: Coverage and precision at global thresholds (out-of-fold probabilities).
+    curve: list[dict[str, float]]
+
+
+def fit_routing(
+    probs: np.ndarray, y_idx: np.ndarray, has_image: np.ndarray, on_test: np.ndarray,
+    params: ReviewParams, seed: int,
+) -> RoutingFit:  # fmt: skip
+    """Fit the review policy on the held-out rows' out-of-fold final probabilities and
+    estimate its precision and coverage on rows it was not fitted on.
+
+    Args:
+        probs: final probabilities of the held-out rows (cross-fitted).
+        y_idx: their class indices.
+        has_image: rows scored by the stack (else by the text-only meta-model).
+        on_test: internal-test rows, where the estimate is also reported alone.
+        params: the config's ``review`` section.
+        seed: the folds' shuffle.
+    """
+    accepted = _accepted_out_of_fold(probs, y_idx, has_image, params, seed)
+    correct = probs.argmax(axis=1) == y_idx
+    policy = ReviewPolicy.fit(
+        probs, y_idx, has_image, params.target_precision, params.min_class_rows
+    )
+    return RoutingFit(
+        policy=policy,
+        expected=routing_estimate(accepted, correct),
+        expected_internal_test=routing_estimate(accepted[on_test], correct[on_test]),
+        curve=coverage_precision_curve(probs, y_idx),
+    )

@@ -80,6 +80,11 @@ class ModelKind(ABC):
         """The trained model in ``folder``, ready to score batches (``batch_size``: rows per
         model call, the kind's default when ``None``)."""
 
+    def resources(self, spec: Any) -> dict[str, float]:
+        """What the model holds on the cluster while it trains (one Ray task)."""
+        scaling = spec.scaling
+        return {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0}
+
     def export(self, model_dir: Path, dest: Path) -> None:
         """Copy a trained folder into the bundle (every file of it, sealed by the manifest)."""
         shutil.copytree(model_dir, dest)
@@ -96,6 +101,13 @@ class DeepKind(ModelKind):
     def task(self, spec: Any) -> DeepTask:
         """The training task of ``spec``."""
         return self.task_type(spec)
+
+    def resources(self, spec: Any) -> dict[str, float]:
+        """Every Ray Train worker's share (as ``training.deep.scaling_config`` asks for it)."""
+        scaling = spec.scaling
+        gpus = max(scaling.gpus_per_worker, 1.0) if scaling.use_gpu else 0.0
+        return {"CPU": scaling.num_workers * scaling.cpus_per_worker,
+                "GPU": scaling.num_workers * gpus}  # fmt: skip
 
     @abstractmethod
     def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from rakuten_ray.bundle import Bundle, ModelEntry, open_bundle
 from rakuten_ray.catalog import CLASS_CODES, image_path
 from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
+from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
 from rakuten_ray.images import LoadedImage, load_image
 from rakuten_ray.layout import (
@@ -29,6 +30,7 @@ from rakuten_ray.layout import (
     INDEX_COLUMN,
     ROW_COLUMN,
     TEXT_PROBS,
+    BundleLayout,
     ImageStatus,
 )
 from rakuten_ray.models.registry import get_kind
@@ -145,6 +147,8 @@ class FusionStage:
             if fusion.meta_with_image
             else None
         )
+        review = bundle.verified(BundleLayout.REVIEW).read_text()
+        self.review = ReviewPolicy.from_json(review)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         codes = np.asarray(CLASS_CODES, dtype=np.int64)
@@ -156,12 +160,17 @@ class FusionStage:
         if self.with_image is not None and has_image.any():
             both = np.concatenate([text[has_image], image[has_image]], axis=1)
             final[has_image] = map_fixed_batches(self.with_image.predict_proba, both, size, width)
-        image_codes = pd.array(codes[np.nan_to_num(image).argmax(axis=1)], dtype="Int64")
+        image_argmax = codes[np.nan_to_num(image).argmax(axis=1)]
+        image_codes = pd.array(image_argmax, dtype="Int64")
         image_codes[~has_image] = pd.NA
+        text_codes = codes[text.argmax(axis=1)]
+        decision, reason = self.review.decide(final, has_image, text_codes, image_argmax)
         out = batch[[ROW_COLUMN, INDEX_COLUMN, "productid", "imageid"]].copy()
         out["prdtypecode"] = codes[final.argmax(axis=1)]
         out["confidence"] = final.max(axis=1)
-        out["text_prdtypecode"] = codes[text.argmax(axis=1)]
+        out["text_prdtypecode"] = text_codes
         out["image_prdtypecode"] = image_codes
         out["image_status"] = batch["image_status"].astype(str)
+        out["decision"] = decision
+        out["review_reason"] = reason
         return _with_block(out, FINAL_PROBS, final)

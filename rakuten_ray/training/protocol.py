@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from rakuten_ray.bundle import FusionState, ModelEntry, data_fingerprint, seal_b
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, X_COLUMNS, codes_to_indices
 from rakuten_ray.config import RunConfig
 from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_modality, fit_stack
+from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.spec import ModelSpec
@@ -36,11 +38,14 @@ from rakuten_ray.training.report import (
     BaseModelReport,
     BlendReport,
     Calibration,
+    RoutingEstimate,
+    RoutingReport,
     RowCounts,
     Scores,
     StackReport,
     TrainingReport,
 )
+from rakuten_ray.training.scheduling import Job, run_side_by_side
 
 Log = Callable[[str], None]
 
@@ -94,6 +99,7 @@ class FusionFit:
     #: The image blend on the held-out rows that also have text: what the stack saw.
     image_with_text: ModalityFit | None
     stack: StackFit
+    routing: RoutingFit
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,25 +147,31 @@ def split_rows(config: RunConfig, data: TrainingData, layout: RunLayout, log: Lo
 def train_base_models(
     config: RunConfig, rows: RunRows, layout: RunLayout, log: Log
 ) -> dict[str, BaseModelRun]:
-    """Train every base model on its modality's rows and score its held-out rows."""
-    runs: dict[str, BaseModelRun] = {}
-    for spec in config.models():
+    """Train every base model on its modality's rows and score its held-out rows; models
+    whose resources fit the cluster together train side by side
+    (``training.max_concurrent_models``)."""
+    import ray
+
+    def train(spec: ModelSpec) -> BaseModelRun:
         kind = kind_of(spec)
         part = rows.by_modality[kind.modality]
         work_dir = layout.model_dir(spec.name)
-        runs[spec.name] = train_base_model(
-            spec, part.train, part.val, part.heldout, work_dir, config.seed
-        )
-        scores = runs[spec.name].heldout_scores
+        run = train_base_model(spec, part.train, part.val, part.heldout, work_dir, config.seed)
+        scores = run.heldout_scores
         # Kept next to the run so reports can redraw calibration before and after temperature.
         scores.set_axis([str(c) for c in scores.columns], axis=1).to_parquet(
             layout.heldout_scores(spec.name)
         )
-        log(
-            f"base model {spec.name} ({kind.name}, {kind.trainer}) trained in "
-            f"{runs[spec.name].seconds:.0f}s"
-        )
-    return runs
+        log(f"base model {spec.name} ({kind.name}, {kind.trainer}) trained in {run.seconds:.0f}s")
+        return run
+
+    jobs = [
+        Job(spec.name, kind_of(spec).resources(spec), partial(train, spec))
+        for spec in config.models()
+    ]
+    capacity = ray.cluster_resources()
+    runs = run_side_by_side(jobs, capacity, config.training.max_concurrent_models)
+    return {spec.name: runs[spec.name] for spec in config.models()}
 
 
 def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
@@ -192,7 +204,17 @@ def fit_fusion(
         part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
     }
     log(f"fusion fitted, weighted F1 (cross-fitted on held-out rows): {scores}")
-    return FusionFit(text, image, image_with_text, stack)
+    heldout = stack.heldout_probs
+    routing = fit_routing(
+        heldout.to_numpy(), y_idx.loc[heldout.index].to_numpy(), stack.has_image,
+        heldout.index.isin(rows.test), config.review, config.seed,
+    )  # fmt: skip
+    expected = routing.expected
+    log(
+        f"review routing at {config.review.target_precision:.0%} precision: "
+        f"{expected['coverage']:.1%} of held-out rows accepted automatically (cross-fitted)"
+    )
+    return FusionFit(text, image, image_with_text, stack, routing)
 
 
 def refit_base_models(
@@ -244,6 +266,7 @@ def seal_run_bundle(
         meta_text_only=BundleLayout.META_TEXT_ONLY,
     )
     bundle.path(BundleLayout.FUSION).write_text(state.to_json())
+    bundle.path(BundleLayout.REVIEW).write_text(fusion.routing.policy.to_json())
     config.save(bundle.path(BundleLayout.CONFIG))
     seal_bundle(bundle.root, fingerprint, report.to_dict())
 
@@ -287,6 +310,17 @@ def _stack_report(stack: StackFit) -> StackReport:
     return StackReport(**values)
 
 
+def _routing_report(routing: RoutingFit) -> RoutingReport:
+    policy = routing.policy
+    return RoutingReport(
+        target_precision=policy.target_precision,
+        expected=RoutingEstimate(**routing.expected),
+        expected_internal_test=RoutingEstimate(**routing.expected_internal_test),
+        thresholds={"with_image": asdict(policy.with_image), "text_only": asdict(policy.text_only)},
+        curve=routing.curve,
+    )
+
+
 def build_report(
     config: RunConfig,
     runs: dict[str, BaseModelRun],
@@ -309,6 +343,7 @@ def build_report(
         },
         blends=blends,
         stack=_stack_report(fusion.stack),
+        routing=_routing_report(fusion.routing),
         rows=rows.counts(
             heldout_images=len(fusion.image.probs) if fusion.image else 0,
             heldout_with_image=len(fusion.image_with_text.probs) if fusion.image_with_text else 0,

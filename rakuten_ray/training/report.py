@@ -86,6 +86,33 @@ class StackReport:
 
 
 @dataclass(frozen=True)
+class RoutingEstimate:
+    """Precision and coverage of automatic acceptance on rows the policy was not fitted on,
+    with Wilson 95% intervals."""
+
+    rows: int
+    auto_rows: int
+    precision: float | None
+    precision_interval: tuple[float, float]
+    coverage: float
+    coverage_interval: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class RoutingReport:
+    """Review routing (:mod:`rakuten_ray.fusion.routing`): thresholds, expected figures, and
+    the coverage-precision curve of the held-out rows."""
+
+    target_precision: float
+    #: Cross-fitted on every held-out row with text.
+    expected: RoutingEstimate
+    expected_internal_test: RoutingEstimate
+    #: Per path (``with_image``, ``text_only``): ``global_threshold`` and ``per_class``.
+    thresholds: dict[str, Any]
+    curve: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
 class RowCounts:
     """How many rows each part of the protocol used."""
 
@@ -107,6 +134,7 @@ class TrainingReport:
     base_models: dict[str, BaseModelReport]
     blends: dict[str, BlendReport]
     stack: StackReport
+    routing: RoutingReport
     rows: RowCounts
     #: Wall time of each phase of the run, in order.
     phase_seconds: dict[str, float]
