@@ -243,12 +243,15 @@ class Bundle:
         _verify_files(self.root, self.manifest, "")
         return self
 
+    def settings(self, overrides: tuple[str, ...] = ()) -> RunConfig:
+        """The config frozen with the bundle, with ``KEY=VALUE`` overrides."""
+        if not overrides:
+            return self.config
+        return load_config(self.path(BundleLayout.CONFIG), overrides, warn_unpinned=False)
+
     def scoring(self, overrides: tuple[str, ...] = ()) -> ScoringParams:
         """The scoring settings frozen with the bundle, with ``KEY=VALUE`` overrides."""
-        if not overrides:
-            return self.config.scoring
-        path = self.path(BundleLayout.CONFIG)
-        return load_config(path, overrides, warn_unpinned=False).scoring
+        return self.settings(overrides).scoring
 
 
 def open_bundle(root: str | Path) -> Bundle:

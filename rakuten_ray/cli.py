@@ -112,6 +112,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rakuten_ray.serving.app import run_service
+
+    overrides = list(args.set)
+    if args.replicas is not None:
+        overrides.append(f"serving.replicas={args.replicas}")
+    run_service(args.bundle, args.host, args.port, args.address, tuple(overrides))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rakuten_ray.demo import run_demo
 
@@ -171,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, type=Path, help="report folder")
     evaluate.add_argument("--run", type=Path, help="training run, for calibration diagrams")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    serve = commands.add_parser("serve", help="answer one product at a time over HTTP")
+    serve.add_argument("--bundle", required=True, type=Path, help="sealed model bundle")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--replicas", type=int, default=None, help="replicas of the model")
+    serve.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    serve.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a serving key, e.g. serving.micro_batch_size=null",
+    )  # fmt: skip
+    serve.set_defaults(handler=_cmd_serve)
 
     audit = commands.add_parser(
         "audit", help="find products whose current category the model disputes"

@@ -26,9 +26,9 @@ from rakuten_ray.models.registry import Modality, get_kind, kind_names, kind_of
 from rakuten_ray.models.spec import ConfigError, ModelSpec
 
 __all__ = [
-    "ConfigError", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams", "SplitParams",
-    "StagePool", "TrainingParams", "UnpinnedModelWarning", "config_from_dict", "load_config",
-    "model_spec_from_dict",
+    "ConfigError", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams", "ServingParams",
+    "SplitParams", "StagePool", "TrainingParams", "UnpinnedModelWarning", "config_from_dict",
+    "load_config", "model_spec_from_dict",
 ]  # fmt: skip
 
 
@@ -105,6 +105,27 @@ class ScoringParams:
 
 
 @dataclass
+class ServingParams:
+    """The online service (``rakuten-ray serve``)."""
+
+    replicas: int = 1
+    #: Resources of each replica (its torch threads: the CPUs, rounded up).
+    num_cpus: float = 2.0
+    num_gpus: float = 0.0
+    #: Products grouped into one pass through the stages, and how long the first of them
+    #: waits for others.
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    #: Rows per model call. ``null``: the batch engines' (``scoring.*.micro_batch_size``), so
+    #: an answer equals batch scoring bit for bit; 1: one product is answered fastest, and
+    #: probabilities agree with batch scoring to rounding (docs/serving.md).
+    micro_batch_size: int | None = 1
+    #: Request limits: products per request, and the body's size in bytes.
+    max_products: int = 32
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass
 class RunConfig:
     """A whole training and scoring configuration."""
 
@@ -117,6 +138,7 @@ class RunConfig:
     fusion: FusionParams = field(default_factory=FusionParams)
     review: ReviewParams = field(default_factory=ReviewParams)
     scoring: ScoringParams = field(default_factory=ScoringParams)
+    serving: ServingParams = field(default_factory=ServingParams)
 
     def models(self) -> list[ModelSpec]:
         """Every base model, text first."""
@@ -290,6 +312,12 @@ def _check_ranges(config: RunConfig) -> None:
         raise ConfigError("review.folds: must be at least 2")
     if config.review.min_class_rows < 1:
         raise ConfigError("review.min_class_rows: must be at least 1")
+    serving = config.serving
+    for name in ("replicas", "max_batch_size", "max_products", "max_body_bytes"):
+        if getattr(serving, name) < 1:
+            raise ConfigError(f"serving.{name}: must be at least 1")
+    if serving.micro_batch_size is not None and serving.micro_batch_size < 1:
+        raise ConfigError("serving.micro_batch_size: must be at least 1, or null")
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:

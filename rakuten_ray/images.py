@@ -6,9 +6,11 @@ instead of an exception, and always hands back a fully decoded 8-bit RGB image w
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -72,8 +74,8 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
         return image
 
 
-def _decode(path: Path, max_pixels: int) -> LoadedImage:
-    with Image.open(path) as image:
+def _decode(source: Path | BinaryIO, max_pixels: int) -> LoadedImage:
+    with Image.open(source) as image:
         # The header is parsed but no pixel decoded yet: refuse bombs before they expand.
         if image.width * image.height > max_pixels:
             return LoadedImage(None, ImageStatus.TOO_LARGE)
@@ -101,6 +103,18 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         return LoadedImage(None, ImageStatus.MISSING)
     if not path.is_file():
         return LoadedImage(None, ImageStatus.UNREADABLE)
+    return _safely_decoded(path, max_pixels)
+
+
+def load_image_bytes(data: bytes | None, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """:func:`load_image` for an image's bytes (an upload): ``missing`` for ``None``,
+    ``unreadable`` for empty or corrupt bytes, ``too_large`` for a bomb."""
+    if data is None:
+        return LoadedImage(None, ImageStatus.MISSING)
+    return _safely_decoded(io.BytesIO(data), max_pixels)
+
+
+def _safely_decoded(source: Path | BinaryIO, max_pixels: int) -> LoadedImage:
     try:
         # Pillow warns about large images from inside open() and, for some formats, load();
         # the size is judged here instead, so the warning is silenced for this call only.
@@ -108,7 +122,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
         # see the warning silenced or let one through, never get an exception from it.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _decode(path, max_pixels)
+            return _decode(source, max_pixels)
     except Image.DecompressionBombError:
         return LoadedImage(None, ImageStatus.TOO_LARGE)
     except FileNotFoundError:

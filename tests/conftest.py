@@ -153,11 +153,15 @@ def write_tiny_text_backbone(folder: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray instance for the whole session (2 CPUs, as on the CI machine)."""
+    """A local Ray instance for the whole session (2 CPUs, as on the CI machine).
+
+    Always a new instance (``address="local"``): never a cluster that ``ray start`` or a
+    ``RAY_ADDRESS`` left on the machine, whose CPUs the session does not control.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
 

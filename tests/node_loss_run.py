@@ -28,6 +28,22 @@ def main(argv: list[str]) -> None:
     bundle, source, images, out = (Path(arg) for arg in argv[:4])
     shard_rows, overrides = int(argv[4]), tuple(argv[5:])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        report = score_through_node_loss(
+            cluster, bundle, source, images, out, shard_rows, overrides
+        )
+        print(json.dumps(report))
+    finally:
+        # Always: a head left running would be joined by any later plain ``ray.init()``.
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def score_through_node_loss(
+    cluster: Cluster, bundle: Path, source: Path, images: Path, out: Path, shard_rows: int,
+    overrides: tuple[str, ...],
+) -> dict:  # fmt: skip
+    """Score with a second node that is removed once predictions appear; the run's report."""
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level="ERROR")
@@ -44,10 +60,7 @@ def main(argv: list[str]) -> None:
         return True
 
     landed = run_with_fault(score, lambda: predictions_written(out), remove_worker)
-    report = {"node_removed_mid_run": landed, "nodes_before": before, "nodes_after": alive_nodes()}
-    ray.shutdown()
-    cluster.shutdown()
-    print(json.dumps(report))
+    return {"node_removed_mid_run": landed, "nodes_before": before, "nodes_after": alive_nodes()}
 
 
 if __name__ == "__main__":

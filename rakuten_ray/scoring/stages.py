@@ -97,27 +97,33 @@ class ImageStage:
     ``pool`` as for :class:`TextStage` (``micro_batch_size``: images per model call).
     """
 
-    def __init__(self, bundle_dir: str, image_dir: str, pool: StagePool) -> None:
+    def __init__(self, bundle_dir: str, image_dir: str | None, pool: StagePool) -> None:
         bundle = open_bundle(bundle_dir)
         self.num_threads = pool_threads(pool)
         limit_threads(self.num_threads)
-        self.image_dir = Path(image_dir)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
         self.entries = bundle.fusion.image_models
         self.models = _load_scorers(bundle, self.entries, pool.micro_batch_size)
         self.decoder = ThreadPoolExecutor(DECODE_THREADS)
 
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
-        if pd.isna(imageid) or pd.isna(productid):
+        if pd.isna(imageid) or pd.isna(productid) or self.image_dir is None:
             return None
         return load_image(image_path(self.image_dir, int(imageid), int(productid)))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Reads each row's image from the image folder by its ids, then :meth:`score`."""
+        loaded = list(self.decoder.map(self._load, batch["imageid"], batch["productid"]))
+        return self.score(batch, loaded)
+
+    def score(self, batch: pd.DataFrame, loaded: list[LoadedImage | None]) -> pd.DataFrame:
+        """Blended image probabilities and statuses of a batch whose images are ``loaded``
+        (``None``: the row's ids name no file)."""
         probs = np.full((len(batch), len(CLASS_CODES)), np.nan)
         if not self.models:
             status = ImageStatus.NO_IMAGE_MODEL.value
             return _with_block(batch.assign(image_status=status), IMAGE_PROBS, probs)
         limit_threads(self.num_threads)
-        loaded = list(self.decoder.map(self._load, batch["imageid"], batch["productid"]))
         status = [
             ImageStatus.INVALID_ID.value if item is None else item.status.value for item in loaded
         ]

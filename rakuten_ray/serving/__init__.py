@@ -1,0 +1,1 @@
+"""Online scoring: the same stages as batch scoring, one product at a time, on Ray Serve."""
