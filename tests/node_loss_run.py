@@ -4,7 +4,8 @@ Usage: node_loss_run.py BUNDLE INPUT IMAGES OUT SHARD_ROWS [KEY=VALUE ...]
 
 The head node keeps one CPU and a worker node brings two, so the actor pools start across both;
 once predictions appear, the worker node is removed (its raylet and workers killed). Prints
-one JSON line: whether the node went while the run was going, and the node counts.
+one JSON line after ``REPORT_PREFIX``: whether the node went while the run was going, and the
+node counts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from ray.cluster_utils import Cluster
 
 from rakuten_ray.scoring.run import run_scoring
 
+#: Marks the report's line: Ray's own log lines reach stdout around it.
+REPORT_PREFIX = "node-loss-report: "
+
 
 def alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
@@ -32,7 +36,7 @@ def main(argv: list[str]) -> None:
         report = score_through_node_loss(
             cluster, bundle, source, images, out, shard_rows, overrides
         )
-        print(json.dumps(report))
+        print(REPORT_PREFIX + json.dumps(report), flush=True)
     finally:
         # Always: a head left running would be joined by any later plain ``ray.init()``.
         ray.shutdown()

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import assert_same_predictions
 from fault_injection import local_ray_workers, predictions_written, run_with_fault
+from node_loss_run import REPORT_PREFIX
 
 from rakuten_ray.catalog import X_TEST_FILE
 from rakuten_ray.scoring.run import run_scoring
@@ -108,7 +109,9 @@ def test_lost_worker_node_leaves_the_output_unchanged(
         stdout, stderr = child.communicate()
         pytest.fail(f"scoring through a node loss ran past {FAULT_TIMEOUT_S} s: {stderr[-4000:]}")
     assert child.returncode == 0, stderr[-4000:]
-    report = json.loads(stdout.strip().splitlines()[-1])
+    lines = [line for line in stdout.splitlines() if line.startswith(REPORT_PREFIX)]
+    assert lines, stdout[-4000:]
+    report = json.loads(lines[-1].removeprefix(REPORT_PREFIX))
     assert report["node_removed_mid_run"], report
     assert report["nodes_after"] == report["nodes_before"] - 1, report
     assert_same_predictions(out, undisturbed)
