@@ -126,9 +126,31 @@ EXPECTED_STATUS = {
 }  # fmt: skip
 
 
+def catalogue_products(tiny_catalogue: Path) -> list[tuple[str, str, bytes | None]]:
+    """The tiny catalogue's test rows as a seller would send them: texts and image bytes."""
+    source = pd.read_csv(tiny_catalogue / X_TEST_FILE, index_col=0, keep_default_na=False)
+    images = tiny_catalogue / "images/image_test"
+    products = []
+    for _, row in source.iterrows():
+        file = image_path(images, int(row["imageid"]), int(row["productid"]))
+        products.append(
+            (row["designation"], row["description"], file.read_bytes() if file.is_file() else None)
+        )
+    return products
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_run: Path, tiny_catalogue: Path, tmp_path_factory) -> pd.DataFrame:
+    """The test rows scored by the in-process batch engine."""
+    out = tmp_path_factory.mktemp("batch") / "out"
+    run_scoring(tiny_run / "bundle", tiny_catalogue / X_TEST_FILE,
+                tiny_catalogue / "images/image_test", out, engine="local")  # fmt: skip
+    return read_predictions(out)
+
+
 @pytest.mark.slow
 def test_online_answers_equal_batch_scoring(
-    tiny_run: Path, tiny_catalogue: Path, tmp_path: Path
+    tiny_run: Path, tiny_catalogue: Path, batch: pd.DataFrame
 ) -> None:
     """With the batch engines' model shapes (``serving.micro_batch_size: null``) an online
     answer equals the batch one bit for bit; with the default shape of one row, to rounding
@@ -136,16 +158,7 @@ def test_online_answers_equal_batch_scoring(
     from rakuten_ray.serving.online import OnlineScorer
     from rakuten_ray.serving.requests import Product
 
-    source = pd.read_csv(tiny_catalogue / X_TEST_FILE, index_col=0, keep_default_na=False)
-    images = tiny_catalogue / "images/image_test"
-    run_scoring(tiny_run / "bundle", tiny_catalogue / X_TEST_FILE, images, tmp_path / "batch",
-                engine="local")  # fmt: skip
-    batch = read_predictions(tmp_path / "batch")
-    products = []
-    for _, row in source.iterrows():
-        file = image_path(images, int(row["imageid"]), int(row["productid"]))
-        data = file.read_bytes() if file.is_file() else None
-        products.append(Product(row["designation"], row["description"], data))
+    products = [Product(*fields) for fields in catalogue_products(tiny_catalogue)]
     bundle = str(tiny_run / "bundle")
     exact = OnlineScorer(bundle, ("serving.micro_batch_size=null",)).predict(products)
     fast = OnlineScorer(bundle).predict(products)
@@ -243,6 +256,28 @@ def test_bad_input_gets_a_4xx_naming_the_field(
     got, reply = service.client.predict(payload)
     assert got == status and reply["error"].startswith(field), reply
     assert service.client.get("/healthz")[0] == 200  # the service is still up
+
+
+@pytest.mark.slow
+def test_service_answers_equal_batch_scoring(
+    service: LocalService, tiny_catalogue: Path, batch: pd.DataFrame
+) -> None:
+    """Every test row over HTTP, four per request: the codes and decisions of batch scoring,
+    all 27 probabilities to 1e-5 (docs/serving.md)."""
+    sent = [product(*fields) for fields in catalogue_products(tiny_catalogue)]
+    answers = []
+    for start in range(0, len(sent), 4):
+        status, reply = service.client.predict({"products": sent[start : start + 4]}, k=27)
+        assert status == 200, reply
+        answers += reply["products"]
+    assert [a["prdtypecode"] for a in answers] == batch["prdtypecode"].tolist()
+    assert [a["decision"] for a in answers] == batch["decision"].tolist()
+    assert [a["image_status"] for a in answers] == batch["image_status"].tolist()
+    probabilities = [
+        [{t["prdtypecode"]: t["probability"] for t in a["top"]}[code] for code in CLASS_CODES]
+        for a in answers
+    ]
+    np.testing.assert_allclose(probabilities, batch[FINAL_PROBS].to_numpy(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
