@@ -122,14 +122,13 @@ def stage_ms(
     """Median milliseconds of each stage of the online engine on one product with its image,
     and the image stage's output (the rows a fusion deployment would receive)."""
     from rakuten_ray.images import load_image_bytes
-    from rakuten_ray.serving.online import OnlineScorer
+    from rakuten_ray.serving.online import OnlineScorer, product_rows
+    from rakuten_ray.serving.requests import Product
 
     row = read_products(source).iloc[0]
     data = image_path(image_dir, int(row["imageid"]), int(row["productid"])).read_bytes()
     scorer = OnlineScorer(str(bundle))
-    rows = pd.DataFrame({"row": [0], "index": [0], "designation": [row["designation"]],
-                         "description": [row["description"]], "productid": None,
-                         "imageid": None})  # fmt: skip
+    rows = product_rows([Product(row["designation"], row["description"], data)])
     timings: dict[str, list[float]] = {"text": [], "image": [], "fusion": []}
     for _ in range(repeats):
         started = time.perf_counter()

@@ -34,6 +34,21 @@ def online_pool(pool: StagePool, serving: ServingParams) -> StagePool:
     )
 
 
+def product_rows(products: list[Product]) -> pd.DataFrame:
+    """Products as the stages take rows: positions for ``row`` and ``index``, no ids (their
+    images come with the request, not from a folder)."""
+    return pd.DataFrame(
+        {
+            ROW_COLUMN: np.arange(len(products)),
+            INDEX_COLUMN: np.arange(len(products)),
+            "designation": [p.designation for p in products],
+            "description": [p.description for p in products],
+            "productid": None,
+            "imageid": None,
+        }
+    )
+
+
 class OnlineScorer:
     """Scores products with a bundle: built once (each stage hashes and loads its models),
     then called on small batches of products.
@@ -57,18 +72,9 @@ class OnlineScorer:
     def predict(self, products: list[Product]) -> list[dict[str, Any]]:
         """One answer per product, in order, with the full probability vector
         (:func:`answer` shapes it for a reply)."""
-        rows = pd.DataFrame(
-            {
-                ROW_COLUMN: np.arange(len(products)),
-                INDEX_COLUMN: np.arange(len(products)),
-                "designation": [p.designation for p in products],
-                "description": [p.description for p in products],
-                "productid": None,
-                "imageid": None,
-            }
-        )
-        loaded = [load_image_bytes(p.image) for p in products]
-        scored = self.fusion(self.image.score(self.text(rows), loaded))
+        # Decoded on the image stage's decoder threads, as batch scoring decodes files.
+        loaded = list(self.image.decoder.map(load_image_bytes, [p.image for p in products]))
+        scored = self.fusion(self.image.score(self.text(product_rows(products)), loaded))
         probs = scored[FINAL_PROBS].to_numpy(dtype=np.float64)
         out = []
         for i, row in enumerate(scored.itertuples(index=False)):
