@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup browser run test test-fast lint bench report-check clean
+.PHONY: setup browser run test test-fast lint bench gpu-check report-check clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,16 @@ bench: setup
 	$(BIN)/python -u benchmarks/scaling.py --rows $(SCALING_ROWS) $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/profile_stages.py $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/train_epoch.py --repeats 2
+
+# The GPU paths on a CUDA machine (benchmarks/gpu_check.py; docs/performance.md, "GPU check"):
+# training epochs under autocast, then scoring on the GPU against the CPU. It imports no Ray,
+# so a bare GPU machine without this venv runs it with its own Python:
+#     PYTHONPATH=. python3 benchmarks/gpu_check.py
+# It refuses (exit status 2) where no CUDA device is visible. Options go in GPU_CHECK_ARGS.
+PYTHON_FOR_CHECK ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON_FOR_CHECK) -u benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Renders the demo report in a real headless browser (Debian's chromium, installed if missing)
 # and writes a screenshot next to it: a broken page shows at once.

@@ -94,7 +94,7 @@ def plain_epoch(spec: DeepModelSpec, tables: Tables) -> dict[str, float]:
     cpu = torch.device("cpu")
     run, setup = timed(lambda: prepare_training(task, spec.train, tables.train, device=cpu))
     metrics, total = timed(
-        lambda: run_epoch(task, run, spec.train, tables.val, 0, SEED, cpu, autocast=False)
+        lambda: run_epoch(task, run, spec.train, tables.val, 0, SEED, cpu, autocast=None)
     )
     return {**_epoch_times(metrics), "setup_seconds": setup, "total_seconds": setup + total}
 

@@ -6,13 +6,23 @@ code path). Scoring engines cut rows into batches differently (Ray Data forms it
 whatever blocks arrive), so to give byte-identical predictions whatever the engine or the run,
 every model call sees batches of exactly one size: the last one is padded by repeating its
 final row, and the padding's outputs are dropped.
+
+Texts also vary in length. Each is padded to its own token count rounded up to
+:data:`LENGTH_STEP`, and texts of one padded length share calls (:func:`plan_length_calls`).
+A call's row count may depend on that length (a budget of tokens per call) but on nothing
+else, so a text's call shape is still set by the text alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
+
+#: Texts are padded to a multiple of this many tokens: short titles stay cheap, and few
+#: distinct lengths means few partly filled calls.
+LENGTH_STEP = 16
 
 
 def fixed_batches(count: int, size: int) -> Iterator[tuple[slice, np.ndarray]]:
@@ -42,3 +52,71 @@ def map_fixed_batches(
     for items, take in fixed_batches(len(rows), size):
         out[items] = compute(rows[items][take])[: items.stop - items.start]
     return out
+
+
+def rows_per_call(length: int, rows: int, tokens_per_call: int | None) -> int:
+    """Rows of each call on texts padded to ``length`` tokens: ``rows`` at every length, or,
+    with a budget, as many as ``tokens_per_call`` holds (at least one)."""
+    return rows if tokens_per_call is None else max(1, tokens_per_call // length)
+
+
+@dataclass(frozen=True)
+class LengthCall:
+    """One model call on texts padded to ``length`` tokens."""
+
+    length: int
+    #: The texts it scores, as positions in the plan's input.
+    members: np.ndarray
+    #: Positions in ``members``, as many as the call has rows: the last one repeats as padding.
+    take: np.ndarray
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The call's rows, padding included, as positions in the plan's input."""
+        return self.members[self.take]
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """The model calls that score a batch of texts, and the tokens they compute."""
+
+    #: Each text's token count (after truncation).
+    tokens: np.ndarray
+    #: Each text's length once padded: its token count rounded up to :data:`LENGTH_STEP`.
+    padded: np.ndarray
+    calls: list[LengthCall]
+
+    @property
+    def tokens_needed(self) -> int:
+        """Tokens of the texts themselves."""
+        return int(self.tokens.sum())
+
+    @property
+    def tokens_rounded(self) -> int:
+        """Tokens of the texts at their padded lengths (the padding rows left out)."""
+        return int(self.padded.sum())
+
+    @property
+    def tokens_computed(self) -> int:
+        """Tokens the calls compute: every row of every call, padding rows included."""
+        return sum(call.length * len(call.take) for call in self.calls)
+
+
+def plan_length_calls(
+    tokens: np.ndarray, max_length: int, rows: int, tokens_per_call: int | None = None
+) -> LengthPlan:
+    """Calls that cover texts of ``tokens`` tokens each, shortest padded length first.
+
+    Each text is padded to its token count rounded up to :data:`LENGTH_STEP` (``max_length``
+    at most); the texts of one padded length run in calls of exactly
+    :func:`rows_per_call` rows, the last call padded by repeating a text.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    padded = np.minimum(-(-tokens // LENGTH_STEP) * LENGTH_STEP, max_length)
+    calls = []
+    for length in np.unique(padded).tolist():
+        members = np.flatnonzero(padded == length)
+        size = rows_per_call(length, rows, tokens_per_call)
+        for items, take in fixed_batches(len(members), size):
+            calls.append(LengthCall(length, members[items], take))
+    return LengthPlan(tokens, padded, calls)

@@ -50,16 +50,25 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rakuten_ray.config import load_config
+    from rakuten_ray.layout import RunLayout
     from rakuten_ray.ray_session import ensure_ray
     from rakuten_ray.training.data import load_training_data
     from rakuten_ray.training.protocol import run_training
     from rakuten_ray.training.report import format_summary, summary_rows
+    from rakuten_ray.training.resume import RunIdentity, check_resumable
 
     config = load_config(args.config, args.set)
-    load_training_data(args.data)  # schema errors surface before any folder or cluster work
-    _prepare_out_dir(args.out, args.overwrite)
+    # Schema errors, and a run that cannot be resumed, surface before any folder or
+    # cluster work.
+    data = load_training_data(args.data)
+    if args.resume:
+        if args.overwrite:
+            raise SchemaError("--resume continues the run in --out; --overwrite replaces it")
+        check_resumable(RunLayout(args.out), RunIdentity.of(config, data))
+    else:
+        _prepare_out_dir(args.out, args.overwrite)
     ensure_ray(args.address)
-    report = run_training(config, args.data, args.out)
+    report = run_training(config, args.data, args.out, resume=args.resume)
     print(format_summary(summary_rows(report)))
     return 0
 
@@ -74,6 +83,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         args.bundle, args.input, args.images, args.out, engine=args.engine,
         overwrite=args.overwrite, resume=args.resume, overrides=tuple(args.set),
         address=args.address, rows_per_shard=shard_rows,
+        allow_missing_images=args.allow_missing_images,
     )  # fmt: skip
     print(
         f"scored {summary.rows} rows ({summary.rows_scored_now} in this run) with the "
@@ -156,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one config key, e.g. text_models.minilm.train.epochs=1",
     )  # fmt: skip
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue the interrupted run in --out (same config and data)",
+    )  # fmt: skip
     train.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     train.set_defaults(handler=_cmd_train)
 
@@ -167,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--engine", choices=["ray", "local"], default="ray")
     score.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     score.add_argument("--resume", action="store_true", help="finish an interrupted run")
+    score.add_argument(
+        "--allow-missing-images", action="store_true",
+        help="score even if most rows find no image in --images (from their text)",
+    )  # fmt: skip
     score.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a scoring key, e.g. scoring.image.pool_size=2",

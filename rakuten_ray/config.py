@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from rakuten_ray.models.registry import Modality, get_kind, kind_names, kind_of
-from rakuten_ray.models.spec import ConfigError, ModelSpec
+from rakuten_ray.models.spec import ConfigError, ModelSpec, Scaling
 
 __all__ = [
     "ConfigError", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams", "ServingParams",
@@ -82,7 +82,10 @@ class ReviewParams:
 class StagePool:
     """Resources of one scoring stage's Ray Data actor pool."""
 
+    #: Actors in the pool; with ``max_pool_size``, the fewest it keeps.
     pool_size: int = 1
+    #: Largest size the pool grows to while its input queues up (null: a fixed pool).
+    max_pool_size: int | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     #: Rows per batch handed to the stage.
@@ -90,6 +93,12 @@ class StagePool:
     #: Rows per model call inside the stage. Every call takes exactly this many (the last
     #: padded), so a row's scores never depend on its neighbours; a GPU wants hundreds.
     micro_batch_size: int = 16
+    #: Text stage only: tokens per model call, in place of ``micro_batch_size``. Texts padded
+    #: to L tokens then run in calls of exactly ``max(1, tokens_per_call // L)`` rows: a call's
+    #: shape still depends on its rows' own padded length alone, and short texts no longer
+    #: fill calls sized for long ones with padding rows (docs/performance.md). null: every
+    #: call takes ``micro_batch_size`` rows.
+    tokens_per_call: int | None = None
 
 
 @dataclass
@@ -102,6 +111,9 @@ class ScoringParams:
         default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024, micro_batch_size=256)
     )
     rows_per_output_file: int = 100_000
+    #: Share of rows that may find no image before a run is refused as probably pointed at
+    #: the wrong image folder (``--allow-missing-images`` scores them anyway).
+    max_missing_image_share: float = 0.5
 
 
 @dataclass
@@ -116,9 +128,10 @@ class ServingParams:
     #: waits for others.
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.01
-    #: Rows per model call. ``null``: the batch engines' (``scoring.*.micro_batch_size``), so
-    #: an answer equals batch scoring bit for bit; 1: one product is answered fastest, and
-    #: probabilities agree with batch scoring to rounding (docs/serving.md).
+    #: Rows per model call. ``null``: the batch engines' (``scoring.*.micro_batch_size``, and
+    #: ``scoring.text.tokens_per_call``), so an answer equals batch scoring bit for bit; 1: one
+    #: product is answered fastest, and probabilities agree with batch scoring to rounding
+    #: (docs/serving.md).
     micro_batch_size: int | None = 1
     #: Request limits: products per request, and the body's size in bytes.
     max_products: int = 32
@@ -214,9 +227,19 @@ def _item_key(key: str, item: Any, position: int) -> str:
     return f"{key}[{name if isinstance(name, str) else position}]"
 
 
+def _upgrade(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier config versions read as today's, so that older bundles still open:
+    ``scaling.bf16: true|false`` is ``scaling.precision: bf16|fp32``."""
+    if cls is Scaling and "bf16" in data:
+        rest = {k: v for k, v in data.items() if k != "bf16"}
+        return {**rest, "precision": "bf16" if data["bf16"] is True else "fp32"}
+    return data
+
+
 def _build(cls: type, data: Any, key: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{key or 'config'}: expected a mapping, got {type(data).__name__}")
+    data = _upgrade(cls, data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     prefix = f"{key}." if key else ""
@@ -299,8 +322,19 @@ def _check_scoring(scoring: ScoringParams) -> None:
         for name in ("num_cpus", "num_gpus"):
             if getattr(pool, name) < 0:
                 raise ConfigError(f"scoring.{stage}.{name}: must not be negative")
+        if pool.max_pool_size is not None and pool.max_pool_size < pool.pool_size:
+            raise ConfigError(
+                f"scoring.{stage}.max_pool_size: must be at least pool_size ({pool.pool_size})"
+            )
+        if pool.tokens_per_call is not None:
+            if stage != "text":
+                raise ConfigError(f"scoring.{stage}.tokens_per_call: only the text stage takes it")
+            if pool.tokens_per_call < 1:
+                raise ConfigError(f"scoring.{stage}.tokens_per_call: must be at least 1, or null")
     if scoring.rows_per_output_file < 1:
         raise ConfigError("scoring.rows_per_output_file: must be at least 1")
+    if not 0.0 <= scoring.max_missing_image_share <= 1.0:
+        raise ConfigError("scoring.max_missing_image_share: must be between 0 and 1")
 
 
 def _check_ranges(config: RunConfig) -> None:

@@ -110,6 +110,11 @@ class RunLayout:
         return self.root / "splits_images_only.json"
 
     @property
+    def identity(self) -> Path:
+        """What the run trains on (config and data fingerprint): ``--resume`` checks it."""
+        return self.root / "run.json"
+
+    @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
@@ -130,6 +135,11 @@ class RunLayout:
         """Base model ``name``'s raw scores on the held-out rows."""
         return self.model_dir(name) / "heldout_scores.parquet"
 
+    def finished(self, name: str) -> Path:
+        """The record written when base model ``name`` has trained and scored its held-out
+        rows: its fit and the sha256 of its files (a resumed run reuses the model by it)."""
+        return self.model_dir(name) / "finished.json"
+
     @property
     def bundle(self) -> BundleLayout:
         return BundleLayout(self.root / "bundle")
@@ -148,6 +158,11 @@ class ScoringLayout:
     @property
     def staging(self) -> Path:
         return self.root / "staging"
+
+    @property
+    def record(self) -> Path:
+        """The bundle and input being scored, and the staged rows: ``--resume`` checks it."""
+        return self.root / "run.json"
 
     @property
     def submission(self) -> Path:

@@ -1,7 +1,9 @@
-"""Injecting a fault into a scoring run while it goes on (used by the tests and their scripts)."""
+"""Injecting a fault into a scoring or training run while it goes on (used by the tests and
+their scripts)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,6 +19,17 @@ RUN_TIMEOUT_S = 600
 def predictions_written(out: Path) -> bool:
     """At least one prediction file exists: the run is under way."""
     return any(ScoringLayout(out).predictions.glob("*.parquet"))
+
+
+def checkpoint_registered(storage: Path) -> bool:
+    """Whether Ray Train's controller has recorded at least one checkpoint of the run whose
+    storage folder is ``storage``."""
+    snapshot = storage / "checkpoint_manager_snapshot.json"
+    try:
+        state = json.loads(snapshot.read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("latest_checkpoint_result") is not None
 
 
 def run_with_fault(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +55,31 @@ def test_node_types(cluster_config: dict[str, Any]) -> None:
 def test_installs_the_synced_repository(cluster_config: dict[str, Any]) -> None:
     mounts = cluster_config["file_mounts"]
     assert mounts.get("~/rakuten-ray") == "."
-    assert any("pip install" in c and "-e ~/rakuten-ray" in c
-               for c in cluster_config["setup_commands"])  # fmt: skip
+    assert "bash ~/rakuten-ray/cluster/setup_node.sh ~/rakuten-ray" in cluster_config[
+        "setup_commands"
+    ]
+    script = (CLUSTER_YAML.parent / "cluster" / "setup_node.sh").read_text()
+    assert 'pip" install -q -e "$repo"' in script
     assert ".venv" in cluster_config["rsync_exclude"]
     assert any("ray start --head" in c for c in cluster_config["head_start_ray_commands"])
     assert any("ray start --address" in c for c in cluster_config["worker_start_ray_commands"])
+
+
+def test_node_setup_installs_dependencies_once_per_image(tmp_path: Path) -> None:
+    """A node whose environment was stamped for this pyproject.toml installs nothing; one
+    without the stamp would install (checked here without running pip: no venv is built)."""
+    script = CLUSTER_YAML.parent / "cluster" / "setup_node.sh"
+    venv, home = tmp_path / "venv", tmp_path / "home"
+    (venv / "bin").mkdir(parents=True)
+    home.mkdir()
+    python = venv / "bin" / "python"
+    python.symlink_to(sys.executable)
+    digest = hashlib.sha256((CLUSTER_YAML.parent / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".rakuten-ray-deps").write_text(digest + "\n")
+    env = {**os.environ, "HOME": str(home), "RAKUTEN_VENV": str(venv)}
+    done = subprocess.run(
+        ["bash", str(script), str(CLUSTER_YAML.parent)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "already installed" in done.stdout
+    assert f"source {venv}/bin/activate" in (home / ".bashrc").read_text()

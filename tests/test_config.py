@@ -47,7 +47,7 @@ def test_production_names_the_original_models() -> None:
     assert {"convnext_base.fb_in22k_ft_in1k_384", "swin_base_patch4_window7_224"} <= models
     transformers = [s for s in config.text_models if isinstance(s, HfTextSpec)]
     assert all(s.max_length == 384 and s.pooling == "first" for s in transformers)
-    assert all(s.scaling.use_gpu and s.scaling.bf16 for s in config.image_models)
+    assert all(s.scaling.use_gpu and s.scaling.precision == "bf16" for s in config.image_models)
     camembert = next(s for s in transformers if s.name == "camembert_large")
     assert camembert.marker_tokens() == ["[TITRE]", "[DESC]"]
     # Pinned models are silent; the warnings name the ones that are not.
@@ -174,9 +174,9 @@ def test_backbone_settings_default_to_plain_fine_tuning() -> None:
     assert not params.freeze_batchnorm and params.head_fit == "sgd"
     demo = load_config(CONFIGS / "demo.yaml")
     for spec in demo.image_models:
-        # A fitted head, then at least one epoch that fine-tunes the backbone.
+        # A head fitted on the frozen features; fine-tuning epochs after it are an override.
         assert spec.train.head_fit == "probe"
-        assert 0 < spec.train.freeze_backbone_epochs < spec.train.epochs
+        assert spec.train.freeze_backbone_epochs == spec.train.epochs == 1
         assert spec.train.freeze_batchnorm
 
 
@@ -197,6 +197,23 @@ def test_a_partial_pool_keeps_that_pool_s_own_defaults() -> None:
         config_from_dict({**data, "scoring": {"image": {"micro_batch_size": 0}}})
     with pytest.raises(ConfigError, match=r"scoring\.image\.pool_sise: unknown key"):
         config_from_dict({**data, "scoring": {"image": {"pool_sise": 2}}})
+
+
+def test_pools_autoscale_between_their_sizes_and_missing_images_have_a_bound() -> None:
+    from rakuten_ray.scoring.ray_pipeline import _pool_args
+
+    data = {"name": "x", "text_models": [{"name": "t", "kind": "tfidf_svm"}]}
+    pool = {"pool_size": 1, "max_pool_size": 4}
+    scoring = config_from_dict({**data, "scoring": {"image": pool}}).scoring
+    compute = _pool_args(scoring.image)["compute"]
+    assert (compute.min_size, compute.max_size) == (1, 4)
+    fixed = _pool_args(scoring.text)["compute"]
+    assert fixed.min_size == fixed.max_size == 1
+    with pytest.raises(ConfigError, match=r"scoring\.image\.max_pool_size: must be at least"):
+        config_from_dict({**data, "scoring": {"image": {"pool_size": 3, "max_pool_size": 2}}})
+    assert scoring.max_missing_image_share == 0.5
+    with pytest.raises(ConfigError, match=r"scoring\.max_missing_image_share"):
+        config_from_dict({**data, "scoring": {"max_missing_image_share": 1.5}})
 
 
 def test_every_kind_is_registered_with_its_settings() -> None:
@@ -233,3 +250,11 @@ def test_a_hub_model_without_a_commit_is_a_warning(
         assert messages == []
     else:
         assert len(messages) == 1 and warned in messages[0] and f"{key}[m]" in messages[0]
+
+
+def test_an_earlier_bf16_flag_reads_as_the_precision() -> None:
+    """Bundles sealed with ``scaling.bf16`` (before ``scaling.precision``) still open."""
+    entry = {"name": "m", "kind": "timm_image", "model": "x"}
+    for flag, precision in ((True, "bf16"), (False, "fp32")):
+        spec = model_spec_from_dict({**entry, "scaling": {"use_gpu": True, "bf16": flag}})
+        assert spec.scaling.precision == precision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import assert_same_predictions, read_predictions
 
-from rakuten_ray.bundle import load_bundle
+from rakuten_ray.bundle import load_bundle, seal_bundle
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
 from rakuten_ray.fusion.stacking import load_meta_model
@@ -25,6 +27,7 @@ from rakuten_ray.layout import (
     FINAL_PROBS,
     IMAGE_PROBS,
     TEXT_PROBS,
+    BundleLayout,
     ImageStatus,
     ScoringLayout,
     empty_predictions,
@@ -38,6 +41,9 @@ OUTPUT_COLUMNS = {
     "row", "index", "productid", "imageid", "prdtypecode", "confidence", "text_prdtypecode",
     "image_prdtypecode", "image_status", *FINAL_PROBS,
 }  # fmt: skip
+#: Rows per prediction file of the engines' runs: several files for the case's 63 rows.
+ROWS_PER_FILE = 20
+ROWS_PER_FILE_SET = f"--set=scoring.rows_per_output_file={ROWS_PER_FILE}"
 #: Staged shard size of the interrupted run: many small prediction files, so a kill lands midway.
 RESUME_SHARD_ROWS = 5
 PROB_TOLERANCE = 1e-6
@@ -115,7 +121,8 @@ def _score_argv(bundle: Path, case: ScoringCase, out: Path, *extra: str) -> list
 def local_out(tiny_run: Path, case: ScoringCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The case scored through ``rakuten-ray score --engine local`` (one uninterrupted run)."""
     out = tmp_path_factory.mktemp("scored") / "local"
-    assert main(_score_argv(tiny_run / "bundle", case, out, "--engine", "local")) == 0
+    argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local", ROWS_PER_FILE_SET)
+    assert main(argv) == 0
     return out
 
 
@@ -123,8 +130,39 @@ def local_out(tiny_run: Path, case: ScoringCase, tmp_path_factory: pytest.TempPa
 def ray_out(tiny_run: Path, case: ScoringCase, ray_local, tmp_path_factory) -> Path:
     """The case scored by the Ray Data engine in this process."""
     out = tmp_path_factory.mktemp("scored") / "ray"
-    run_scoring(tiny_run / "bundle", case.input_csv, case.image_dir, out, engine="ray")
+    run_scoring(
+        tiny_run / "bundle", case.input_csv, case.image_dir, out, engine="ray",
+        # The text pool autoscales between one and two actors.
+        overrides=(ROWS_PER_FILE_SET.removeprefix("--set="), "scoring.text.max_pool_size=2"),
+    )  # fmt: skip
     return out
+
+
+@pytest.mark.slow
+def test_both_engines_write_files_of_the_set_size_and_one_schema(
+    local_out: Path, ray_out: Path, case: ScoringCase
+) -> None:
+    """Files hold ``rows_per_output_file`` rows (the last of a write fewer), and both engines'
+    files have the same Arrow schema, so pandas reads them back with the same types."""
+    rows = len(case.raw)
+    sizes = {}
+    for name, out in (("local", local_out), ("ray", ray_out)):
+        files = sorted(ScoringLayout(out).predictions.glob("*.parquet"))
+        sizes[name] = sorted((pq.ParquetFile(f).metadata.num_rows for f in files), reverse=True)
+        assert sum(sizes[name]) == rows
+        assert max(sizes[name]) == ROWS_PER_FILE, sizes
+    full, rest = divmod(rows, ROWS_PER_FILE)
+    assert sizes["local"] == [ROWS_PER_FILE] * full + [rest]
+    # Each Ray write task ends with its own shorter file: one more at most here.
+    assert len(sizes["ray"]) <= full + 2, sizes
+    schemas = {
+        name: pq.read_schema(next(ScoringLayout(out).predictions.glob("*.parquet")))
+        for name, out in (("local", local_out), ("ray", ray_out))
+    }
+    assert schemas["local"].remove_metadata() == schemas["ray"].remove_metadata()
+    local, ray = read_predictions(local_out), read_predictions(ray_out)
+    assert local.dtypes.to_dict() == ray.dtypes.to_dict()
+    assert str(ray["productid"].dtype) == "Int64"
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +306,7 @@ def interrupted_out(
     argv = _score_argv(
         tiny_run / "bundle", case, out, "--engine", "local",
         "--rows-per-shard", str(RESUME_SHARD_ROWS),
+        f"--set=scoring.rows_per_output_file={RESUME_SHARD_ROWS}",
     )  # fmt: skip
     log = out.parent / "score.log"
     with open(log, "wb") as handle:
@@ -300,6 +339,7 @@ def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCa
     summary = pd.read_json(ScoringLayout(out).summary, typ="series")
     assert summary["rows"] == len(case.raw)
     assert summary["rows_scored_now"] == len(case.raw) - already
+    assert summary["rows_staged_now"] == 0  # the interrupted run's staged shards were reused
 
 
 @pytest.mark.slow
@@ -327,6 +367,84 @@ def test_resume_after_kill_with_ray(
     shutil.copytree(interrupted_out, out)
     run_scoring(tiny_run / "bundle", case.input_csv, case.image_dir, out, engine="ray", resume=True)
     _check_resumed(out, interrupted_out, local_out, case)
+
+
+def _resealed_copy(bundle: Path, dest: Path) -> Path:
+    """Another bundle (another id) with the same models: the copy sealed again."""
+    shutil.copytree(bundle, dest)
+    manifest = json.loads((dest / BundleLayout.MANIFEST).read_text())
+    (dest / BundleLayout.MANIFEST).unlink()
+    seal_bundle(dest, manifest["training_data_sha256"], {**manifest["metrics"], "copy": True})
+    return dest
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_bundle_or_input(
+    interrupted_out: Path, case: ScoringCase, tiny_run: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """An interrupted run continues only with the bundle and the input it started with."""
+    out = tmp_path / "out"
+    shutil.copytree(interrupted_out, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    other_bundle = _resealed_copy(tiny_run / "bundle", tmp_path / "other_bundle")
+    argv = _score_argv(other_bundle, case, out, "--engine", "local", "--resume")
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    assert "scored with bundle" in capsys.readouterr().err
+
+    changed = tmp_path / "input.csv"
+    raw = case.raw.copy()
+    raw.iloc[0, raw.columns.get_loc("designation")] += " (modifié)"
+    raw.to_csv(changed)
+    argv = [*_score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")]
+    argv[argv.index("--input") + 1] = str(changed)
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    assert "input differs from the interrupted run's" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_an_image_folder_that_is_not_one_is_refused(
+    case: ScoringCase, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_folder = tmp_path / "images.zip"
+    not_a_folder.write_bytes(b"PK")
+    for images, reason in (
+        (tmp_path / "nowhere", "does not exist"),
+        (not_a_folder, "not a folder"),
+    ):
+        out = tmp_path / f"out_{images.name}"
+        argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local")
+        argv[argv.index("--images") + 1] = str(images)
+        assert main(argv) == EXIT_SCHEMA_ERROR
+        err = capsys.readouterr().err
+        assert str(images) in err and reason in err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_folder_where_most_rows_find_no_image_is_refused_unless_accepted(
+    case: ScoringCase, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong (here empty) image folder stops the run before any model loads, saying how
+    many rows find no image and which; the flag scores them from their text."""
+    empty = tmp_path / "empty_images"
+    empty.mkdir()
+    out = tmp_path / "out"
+    argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local")
+    argv[argv.index("--images") + 1] = str(empty)
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    err = capsys.readouterr().err
+    rows = len(case.raw)
+    assert f"{rows} of {rows} rows checked (100%) find no image" in err
+    first = case.raw.iloc[0]
+    assert str(image_path(empty, int(first["imageid"]), int(first["productid"]))) in err
+    assert not out.exists()
+
+    assert main([*argv, "--allow-missing-images"]) == 0
+    predictions = read_predictions(out)
+    assert len(predictions) == rows
+    assert set(predictions["image_status"]) <= {"missing", "invalid_id"}
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from conftest import write_tiny_text_backbone
 from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES, CatalogueDir, codes_to_indices
 from rakuten_ray.hashing import ChecksumError, sha256_file
 from rakuten_ray.metrics import weighted_f1
+from rakuten_ray.models.registry import get_kind
 from rakuten_ray.models.tfidf_svm import (
     MODEL_FILE,
     TfidfSvmClassifier,
@@ -197,30 +198,50 @@ def test_save_and_reload_give_identical_weights_and_logits(
     assert scores.shape == (1, NUM_CLASSES) and scores.dtype == np.float32
 
 
+@pytest.mark.parametrize("tokens_per_call", [None, 64])
 def test_logits_come_back_in_input_order(
-    tiny_model: tuple[object, SequenceClassifier], tmp_path: Path
+    tiny_model: tuple[object, SequenceClassifier],
+    tokens_per_call: int | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Texts are grouped by padded length; each row's logits equal its one-by-one scores."""
+    """Texts are grouped by padded length; each row's logits equal its one-by-one scores,
+    with calls of 3 rows at every length or of 64 tokens' worth of rows at each length."""
     tokenizer, model = tiny_model
     model = copy.deepcopy(model)
     with torch.no_grad():  # an untrained head barely separates texts; a larger one does
         model.network.classifier.weight.mul_(20.0)
     settings = TextSettings(TEMPLATE, 64, model.pooling)
     save_text_model(model, tokenizer, settings, tmp_path / "saved")
-    classifier = TextClassifier(tmp_path / "saved", device="cpu")
+    classifier = get_kind("hf_text").load_scorer(
+        tmp_path / "saved", 3, device="cpu", tokens_per_call=tokens_per_call
+    )
+    shapes: list[tuple[int, int]] = []
+    forward = classifier._forward
+
+    def recorded(features: dict[str, torch.Tensor]) -> np.ndarray:
+        shapes.append(tuple(features["input_ids"].shape))
+        return forward(features)
+
+    monkeypatch.setattr(classifier, "_forward", recorded)
     texts = varied_texts()
 
-    one_by_one = np.concatenate([classifier.logits([text], batch_size=3) for text in texts])
-    batched = classifier.logits(texts, batch_size=3)
+    one_by_one = np.concatenate([classifier.logits([text]) for text in texts])
+    batched = classifier.logits(texts)
     assert batched.shape == (len(texts), NUM_CLASSES) and batched.dtype == np.float32
-    # Fixed-shape forward passes: at one pass size, a text scores to the same bits whatever
-    # its neighbours.
+    # Fixed-shape forward passes: at one pass size per padded length, a text scores to the
+    # same bits whatever its neighbours.
     np.testing.assert_array_equal(batched, one_by_one)
-    reversed_order = classifier.logits(texts[::-1], batch_size=3)[::-1]
+    reversed_order = classifier.logits(texts[::-1])[::-1]
     np.testing.assert_array_equal(reversed_order, one_by_one)
     # Every two texts score apart by far more than the tolerance, so a row mix-up would show.
     gaps = np.abs(one_by_one[:, None] - one_by_one[None]).max(axis=-1)
     assert gaps[np.triu_indices(len(texts), 1)].min() > 1e-4
+    # Each call's rows follow from its padded length alone (lengths 16 to 64 all occur).
+    assert {length for _, length in shapes} == {16, 32, 48, 64}
+    expected = {length: 3 if tokens_per_call is None else max(1, 64 // length)
+                for _, length in shapes}  # fmt: skip
+    assert all(rows == expected[length] for rows, length in shapes)
     assert classifier.logits([]).shape == (0, NUM_CLASSES)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import write_tiny_text_backbone
+from fault_injection import checkpoint_registered
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import config_from_dict, model_spec_from_dict
@@ -232,16 +232,6 @@ def own_train_worker_pids() -> list[int]:
     return pids
 
 
-def checkpoint_registered(storage: Path) -> bool:
-    """Whether Ray Train's controller has recorded at least one checkpoint of the run."""
-    snapshot = storage / "checkpoint_manager_snapshot.json"
-    try:
-        state = json.loads(snapshot.read_text())
-    except (OSError, ValueError):
-        return False
-    return state.get("latest_checkpoint_result") is not None
-
-
 def kill_worker_after_first_checkpoint(storage: Path, killed: dict[str, Any]) -> None:
     """Wait until the run has a recorded checkpoint, then SIGKILL its training worker."""
     deadline = time.monotonic() + 120
@@ -368,11 +358,11 @@ def test_a_frozen_epoch_trains_the_head_only_then_the_backbone_moves(
     start_head = run.model.classifier.weight.detach().clone()
     cpu = torch.device("cpu")
 
-    run_epoch(task, run, spec.train, image_rows_table, 0, 0, cpu, autocast=False)
+    run_epoch(task, run, spec.train, image_rows_table, 0, 0, cpu, autocast=None)
     assert changed(start_backbone, backbone_state(run.model, run.head)) == []
     assert not torch.equal(start_head, run.model.classifier.weight)
 
-    run_epoch(task, run, spec.train, image_rows_table, 1, 0, cpu, autocast=False)
+    run_epoch(task, run, spec.train, image_rows_table, 1, 0, cpu, autocast=None)
     moved = changed(start_backbone, backbone_state(run.model, run.head))
     assert any(k.endswith("weight") for k in moved)
     assert any(k.endswith("running_mean") for k in moved)
@@ -385,7 +375,7 @@ def test_frozen_batchnorm_trains_the_backbone_but_keeps_its_statistics(
     spec = image_spec(epochs=1, freeze_batchnorm=True)
     task, run = plain_run(spec, image_rows_table)
     start_backbone = backbone_state(run.model, run.head)
-    run_epoch(task, run, spec.train, image_rows_table, 0, 0, torch.device("cpu"), autocast=False)
+    run_epoch(task, run, spec.train, image_rows_table, 0, 0, torch.device("cpu"), autocast=None)
     moved = changed(start_backbone, backbone_state(run.model, run.head))
     assert any(k.endswith("weight") for k in moved)
     statistics = ("running_mean", "running_var", "num_batches_tracked")
@@ -413,7 +403,7 @@ def test_a_probe_head_fit_is_the_logistic_regression_of_the_frozen_features(
         frozen_features(task, run.model, val), val["label"].to_numpy(), 27,
     )  # fmt: skip
 
-    metrics = run_epoch(task, run, spec.train, val, 0, 0, torch.device("cpu"), autocast=False)
+    metrics = run_epoch(task, run, spec.train, val, 0, 0, torch.device("cpu"), autocast=None)
     assert changed(start_backbone, backbone_state(run.model, run.head)) == []
     head = run.model.classifier
     np.testing.assert_allclose(head.weight.detach().numpy(), expected.weight, atol=1e-6)
@@ -424,7 +414,7 @@ def test_a_probe_head_fit_is_the_logistic_regression_of_the_frozen_features(
     assert metrics["val_log_loss"] == pytest.approx(expected.val_log_loss, abs=1e-4)
     assert metrics["val_log_loss"] < np.log(27)  # the zero head's
 
-    run_epoch(task, run, spec.train, val, 1, 0, torch.device("cpu"), autocast=False)
+    run_epoch(task, run, spec.train, val, 1, 0, torch.device("cpu"), autocast=None)
     assert changed(start_backbone, backbone_state(run.model, run.head))  # now fine-tuned
 
 

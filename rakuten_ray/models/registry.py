@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from rakuten_ray.models.spec import DeepModelSpec, ModelSpec
+from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, ModelSpec, Precision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +61,10 @@ class ModelKind(ABC):
     spec_type: ClassVar[type[ModelSpec]]
     #: How it trains: ``ray_task`` (one task) or ``ray_train`` (``TorchTrainer``).
     trainer: ClassVar[str]
+    #: Settings of the scoring stage's pool (:class:`~rakuten_ray.config.StagePool`) that
+    #: :meth:`load_scorer` also takes, by keyword, when they are set (``hf_text``:
+    #: ``tokens_per_call``).
+    scorer_settings: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def fit(
@@ -76,9 +80,24 @@ class ModelKind(ABC):
         model trained again on ``rows`` (every labelled row of this modality)."""
 
     @abstractmethod
-    def load_scorer(self, folder: Path, batch_size: int | None = None) -> Scorer:
-        """The trained model in ``folder``, ready to score batches (``batch_size``: rows per
-        model call, the kind's default when ``None``)."""
+    def load_scorer(
+        self,
+        folder: Path,
+        batch_size: int | None = None,
+        precision: Precision = DEFAULT_PRECISION,
+        device: str | None = None,
+    ) -> Scorer:
+        """The trained model in ``folder``, ready to score batches.
+
+        Args:
+            folder: what :meth:`refit` gave, as the bundle holds it.
+            batch_size: rows per model call, the kind's default when ``None``.
+            precision: the model's ``scaling.precision`` (a deep model's forward passes on a
+                GPU autocast to it).
+            device: where a deep model runs: a GPU when one is visible, unless given.
+
+        A kind that names :attr:`scorer_settings` takes those as keywords too.
+        """
 
     def resources(self, spec: Any) -> dict[str, float]:
         """What the model holds on the cluster while it trains (one Ray task)."""

@@ -18,6 +18,9 @@ class ConfigError(ValueError):
 
 #: An immutable Hugging Face revision: a full commit hash.
 _COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+#: The arithmetic of a deep model's forward passes on a GPU (:mod:`rakuten_ray.models.precision`).
+Precision = Literal["bf16", "fp16", "fp32"]
+DEFAULT_PRECISION: Precision = "bf16"
 
 
 @dataclass
@@ -83,7 +86,9 @@ class Scaling:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
-    bf16: bool = True
+    #: Forward passes on a GPU, in training and in scoring: autocast to ``bf16`` or ``fp16``
+    #: (training scales fp16 losses), or ``fp32`` throughout. A CPU always computes in fp32.
+    precision: Precision = DEFAULT_PRECISION
 
 
 @dataclass(kw_only=True)

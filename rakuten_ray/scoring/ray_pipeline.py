@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.layout import ROW_COLUMN
+from rakuten_ray.scoring.output import predictions_table
 from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,12 @@ IO_CPUS = 0.1
 def _pool_args(pool: StagePool) -> dict:
     import ray.data
 
+    if pool.max_pool_size is None:
+        compute = ray.data.ActorPoolStrategy(size=pool.pool_size)
+    else:
+        compute = ray.data.ActorPoolStrategy(min_size=pool.pool_size, max_size=pool.max_pool_size)
     return {
-        "compute": ray.data.ActorPoolStrategy(size=pool.pool_size),
+        "compute": compute,
         "num_cpus": pool.num_cpus,
         "num_gpus": pool.num_gpus,
         "batch_size": pool.batch_size,
@@ -36,6 +41,7 @@ def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
     import ray
 
     pools = (scoring.text, scoring.image, scoring.fusion)
+    # Autoscaling pools start at their smallest size: that is what must fit.
     wanted = sum(pool.pool_size * pool.num_cpus for pool in pools) + 2 * IO_CPUS
     available = ray.cluster_resources().get("CPU", 0.0)
     if wanted > available:
@@ -107,8 +113,12 @@ def score_with_ray(
         dataset = dataset.map_batches(
             stage, fn_constructor_kwargs={**arguments, "pool": pool}, **_pool_args(pool)
         )
+    # The local engine's schema and pandas metadata, so that both engines' files read back
+    # alike; then files of rows_per_output_file rows (the last of each write task fewer).
+    dataset = dataset.map_batches(predictions_table, batch_format="pandas", num_cpus=IO_CPUS)
     dataset.write_parquet(
         str(out_dir),
+        min_rows_per_file=scoring.rows_per_output_file,
         max_rows_per_file=scoring.rows_per_output_file,
         ray_remote_args={"num_cpus": IO_CPUS},
     )

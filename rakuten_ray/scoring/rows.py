@@ -112,7 +112,8 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.notna(), "").map(_str)
 
 
-def _as_id(values: pd.Series) -> pd.Series:
+def as_id(values: pd.Series) -> pd.Series:
+    """Ids as nullable ``Int64``: null where a value is not a valid integer."""
     text = _as_text(values).str.strip()
     valid = text.str.fullmatch(_ID_PATTERN).to_numpy(dtype=bool)
     digits = text.str.split(".", n=1).str[0]
@@ -131,11 +132,11 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
     """
     out = pd.DataFrame(index=np.arange(len(batch)))
     out[ROW_COLUMN] = batch[ROW_COLUMN].to_numpy(dtype=np.int64)
-    out[INDEX_COLUMN] = _as_id(batch[INDEX_COLUMN].reset_index(drop=True))
+    out[INDEX_COLUMN] = as_id(batch[INDEX_COLUMN].reset_index(drop=True))
     for column in ("designation", "description"):
         out[column] = _as_text(batch[column].reset_index(drop=True)).to_numpy()
     for column in ID_COLUMNS:
-        out[column] = _as_id(batch[column].reset_index(drop=True))
+        out[column] = as_id(batch[column].reset_index(drop=True))
     return out
 
 

@@ -1,12 +1,15 @@
 """A whole scoring run: checks, staging, one engine, then the submission and a summary.
 
 Every input row gets exactly one output row. The run refuses to start on a missing column,
-an unverifiable bundle or a non-empty output folder (unless ``overwrite`` or ``resume``); a
-resumed run scores only the rows that have no prediction yet.
+an unverifiable bundle, a non-empty output folder (unless ``overwrite`` or ``resume``), or
+an image folder that is not one or where most rows find no image
+(:mod:`rakuten_ray.scoring.checks`); a resumed run continues only with the bundle and input
+it started with, from its staged shards, and scores only the rows without a prediction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -21,6 +24,14 @@ from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, ScoringLayout
+from rakuten_ray.scoring.checks import (
+    ScoringRecord,
+    check_image_dir,
+    check_images_found,
+    check_resumable,
+    input_fingerprint,
+)
+from rakuten_ray.scoring.output import PredictionFiles
 from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
 
 Engine = Literal["ray", "local"]
@@ -34,6 +45,8 @@ class ScoringSummary:
 
     rows: int
     rows_scored_now: int
+    #: Input rows staged by this run (0 when a resumed run reused its staging).
+    rows_staged_now: int
     seconds: float
     engine: str
     image_status_counts: dict[str, int]
@@ -80,16 +93,13 @@ def _score_locally(
     from rakuten_ray.scoring.local import FinalPipeline
 
     pipeline = FinalPipeline(bundle_dir, scoring=scoring)
+    files = PredictionFiles(predictions, scoring.rows_per_output_file)
     for shard in shards:
         frame = pd.read_parquet(shard)
         frame = frame[~frame[ROW_COLUMN].isin(skip)]
-        if frame.empty:
-            continue
-        output = pipeline.predict(frame, image_dir)
-        # Write then rename, so an interrupted run never leaves a torn file behind.
-        partial = predictions / f".{shard.stem}.parquet.tmp"
-        output.to_parquet(partial, index=False)
-        partial.rename(predictions / f"local-{shard.stem}-{int(frame[ROW_COLUMN].iloc[0])}.parquet")
+        for start in range(0, len(frame), pipeline.batch_size):
+            files.add(pipeline.predict(frame.iloc[start : start + pipeline.batch_size], image_dir))
+    files.close()
 
 
 def _finish(out: ScoringLayout, total_rows: int) -> dict[str, int]:
@@ -111,6 +121,28 @@ def _finish(out: ScoringLayout, total_rows: int) -> dict[str, int]:
     return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
 
 
+def _stage(
+    files: list[Path], layout: ScoringLayout, record: ScoringRecord, rows_per_shard: int,
+    created: bool,
+) -> tuple[list[Path], ScoringRecord]:  # fmt: skip
+    """The staged shards and the record that counts them: those of the interrupted run when
+    its staging was complete, else staged now."""
+    staging = layout.staging
+    if record.staged_rows is not None and staging.is_dir():
+        return sorted(staging.glob("shard-*.parquet")), record
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        total = stage_inputs(files, staging, rows_per_shard)
+    except SchemaError:
+        # A body the CSV parser rejects shows only while staging: leave nothing behind.
+        shutil.rmtree(layout.root if created else staging, ignore_errors=True)
+        raise
+    record = dataclasses.replace(record, staged_rows=total)
+    record.save(layout)
+    return sorted(staging.glob("shard-*.parquet")), record
+
+
 def run_scoring(
     bundle_dir: Path,
     source: Path,
@@ -122,36 +154,48 @@ def run_scoring(
     overrides: tuple[str, ...] = (),
     address: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
+    allow_missing_images: bool = False,
 ) -> ScoringSummary:
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them).
 
-    ``rows_per_shard`` sets the staged shard size (one prediction file per shard with the
-    local engine).
+    ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
+    ``out`` continues with the rows that have no prediction yet, from its staged shards.
 
     Raises:
-        SchemaError: a missing column, no input, or a non-empty ``out`` (before any work).
+        SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
+            not one, or one where most rows find no image (unless ``allow_missing_images``);
+            on resume, another bundle or input than the interrupted run's. All before any
+            model loads.
         BundleError: the bundle does not match its manifest.
     """
     files = input_files(source)
     check_headers(files)
     # Every file is hashed here, before any work; each stage then hashes only what it loads.
-    scoring = load_bundle(bundle_dir).scoring(overrides)
+    bundle = load_bundle(bundle_dir)
+    scoring = bundle.scoring(overrides)
+    check_image_dir(Path(image_dir), needed=bool(bundle.fusion.image_models))
+    layout = ScoringLayout(out)
+    record = ScoringRecord(bundle.bundle_id, input_fingerprint(files))
+    if resume and out.exists():
+        record = check_resumable(layout, record) or record
     created = not out.exists()
     _prepare_out(out, overwrite, resume)
     started = time.perf_counter()
-    layout = ScoringLayout(out)
-    staging, predictions = layout.staging, layout.predictions
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        total = stage_inputs(files, staging, rows_per_shard)
-    except SchemaError:
-        # A body the CSV parser rejects shows only while staging: leave nothing behind.
-        shutil.rmtree(out if created else staging, ignore_errors=True)
-        raise
+    record.save(layout)
+    staged_before = record.staged_rows is not None
+    shards, record = _stage(files, layout, record, rows_per_shard, created)
+    total = record.staged_rows
+    assert total is not None, "staging counts the rows"
+    if bundle.fusion.image_models and not allow_missing_images:
+        try:
+            check_images_found(shards, total, Path(image_dir), scoring.max_missing_image_share)
+        except SchemaError:
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    predictions = layout.predictions
     predictions.mkdir(exist_ok=True)
     skip = done_rows(predictions) if resume else frozenset()
-    shards = sorted(staging.glob("shard-*.parquet"))
     if len(skip) < total:
         if engine == "local":
             _score_locally(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
@@ -162,10 +206,11 @@ def run_scoring(
             ensure_ray(address)
             score_with_ray(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
     counts = _finish(layout, total)
-    shutil.rmtree(staging)
+    shutil.rmtree(layout.staging)
     summary = ScoringSummary(
         rows=total,
         rows_scored_now=total - len(skip),
+        rows_staged_now=0 if staged_before else total,
         seconds=time.perf_counter() - started,
         engine=engine,
         image_status_counts=counts,

@@ -59,18 +59,28 @@ def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> 
     return pd.concat([batch.drop(columns=columns, errors="ignore"), block], axis=1)
 
 
-def _load_scorers(bundle: Bundle, entries: list[ModelEntry], batch_size: int) -> list:
-    """Each entry's model, hashed against the manifest, then loaded by its kind."""
-    return [
-        get_kind(e.kind).load_scorer(bundle.verified(e.folder), batch_size) for e in entries
-    ]
+def _load_scorers(bundle: Bundle, entries: list[ModelEntry], pool: StagePool) -> list:
+    """Each entry's model, hashed against the manifest, then loaded by its kind at the
+    precision its entry in the bundle's config gives, with ``pool.micro_batch_size`` rows per
+    call and the pool's other settings the kind takes (``scorer_settings``) that are set."""
+    specs = {spec.name: spec for spec in bundle.config.models()}
+    scorers = []
+    for e in entries:
+        kind = get_kind(e.kind)
+        values = {name: getattr(pool, name) for name in kind.scorer_settings}
+        settings = {name: value for name, value in values.items() if value is not None}
+        precision = specs[e.name].scaling.precision
+        folder = bundle.verified(e.folder)
+        scorers.append(kind.load_scorer(folder, pool.micro_batch_size, precision, **settings))
+    return scorers
 
 
 class TextStage:
     """Normalises raw rows and adds calibrated, blended text probabilities.
 
     ``pool`` gives the torch threads while it runs (``ceil(num_cpus)``) and the rows per model
-    call (``micro_batch_size``); equal settings give byte-identical output.
+    call (``micro_batch_size``, or for Hugging Face models ``tokens_per_call`` divided by the
+    texts' padded length); equal settings give byte-identical output.
     """
 
     def __init__(self, bundle_dir: str, pool: StagePool) -> None:
@@ -78,7 +88,7 @@ class TextStage:
         self.num_threads = pool_threads(pool)
         limit_threads(self.num_threads)
         self.entries = bundle.fusion.text_models
-        self.scorers = _load_scorers(bundle, self.entries, pool.micro_batch_size)
+        self.scorers = _load_scorers(bundle, self.entries, pool)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         limit_threads(self.num_threads)  # the in-process engine runs stages one after another
@@ -103,7 +113,7 @@ class ImageStage:
         limit_threads(self.num_threads)
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.entries = bundle.fusion.image_models
-        self.models = _load_scorers(bundle, self.entries, pool.micro_batch_size)
+        self.models = _load_scorers(bundle, self.entries, pool)
         self.decoder = ThreadPoolExecutor(DECODE_THREADS)
 
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:

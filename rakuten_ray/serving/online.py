@@ -27,10 +27,12 @@ from rakuten_ray.training.report import TrainingReport
 
 def online_pool(pool: StagePool, serving: ServingParams) -> StagePool:
     """A batch stage's settings as a replica runs them: its CPUs and, unless ``null``, the
-    serving micro-batch."""
-    size = serving.micro_batch_size or pool.micro_batch_size
+    serving micro-batch, in place of the batch engines' call shapes (token budget included)."""
+    pool = dataclasses.replace(pool, num_cpus=serving.num_cpus, num_gpus=serving.num_gpus)
+    if serving.micro_batch_size is None:
+        return pool
     return dataclasses.replace(
-        pool, num_cpus=serving.num_cpus, num_gpus=serving.num_gpus, micro_batch_size=size
+        pool, micro_batch_size=serving.micro_batch_size, tokens_per_call=None
     )
 
 

@@ -1,8 +1,8 @@
 """Training one base model on the ``train`` rows and scoring the held-out rows.
 
 Each model trains the way its kind says (a Ray task, or Ray Train). Held-out rows are then
-scored in a Ray task by the scorer that the scoring stages load, so fusion is fitted on
-exactly what scoring will produce.
+scored in Ray tasks (one per training worker) by the scorer that the scoring stages load, so
+fusion is fitted on exactly what scoring will produce.
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import ray
 
-from rakuten_ray.models.registry import FitResult, get_kind, kind_of
-from rakuten_ray.models.spec import ModelSpec
+from rakuten_ray.models.registry import FitResult, Modality, get_kind, kind_of
+from rakuten_ray.models.scorers import ImageScorer, TextScorer
+from rakuten_ray.models.spec import ModelSpec, Precision
+
+#: The catalogue columns each modality's scorer reads: all that its tasks are sent.
+_SCORER_COLUMNS = {Modality.TEXT: TextScorer.columns, Modality.IMAGE: ImageScorer.columns}
 
 
 @dataclass
@@ -33,18 +38,33 @@ class BaseModelRun:
 
 
 @ray.remote
-def _score_rows(kind: str, folder: str, rows: pd.DataFrame) -> pd.DataFrame:
-    return get_kind(kind).load_scorer(Path(folder)).score_rows(rows)
+def _score_rows(kind: str, folder: str, precision: Precision, rows: pd.DataFrame) -> pd.DataFrame:
+    """Logits of one shard of held-out rows, by the scorer that the scoring stages load (at
+    the model's precision, as they load it)."""
+    return get_kind(kind).load_scorer(Path(folder), precision=precision).score_rows(rows)
 
 
 def heldout_scores(spec: ModelSpec, model_dir: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Logits of ``rows`` by a trained model, in a Ray task with the model's resources
-    (image models score only rows with a usable image)."""
-    scaling = spec.scaling
+    """Logits of ``rows`` by a trained model, indexed like ``rows`` (image models score only
+    rows with a usable image).
+
+    A model trained on N workers scores in N Ray tasks, each with one worker's CPUs and GPU
+    and a contiguous shard of the rows, so a model trained on 4 GPUs scores on 4; the shards'
+    logits are concatenated in row order. Each task gets only the columns its scorer reads,
+    and scores them a chunk at a time (:meth:`Scorer.score_rows`).
+    """
+    kind, scaling = kind_of(spec), spec.scaling
+    columns = list(_SCORER_COLUMNS[kind.modality])
     task = _score_rows.options(
         num_cpus=scaling.cpus_per_worker, num_gpus=1.0 if scaling.use_gpu else 0.0
     )
-    return ray.get(task.remote(spec.kind, str(model_dir), rows))
+    shards = max(1, min(scaling.num_workers, len(rows)))
+    bounds = np.linspace(0, len(rows), shards + 1).astype(int)
+    refs = [
+        task.remote(spec.kind, str(model_dir), scaling.precision, rows.iloc[start:stop][columns])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return pd.concat(ray.get(refs))
 
 
 def train_base_model(

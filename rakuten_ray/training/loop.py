@@ -2,9 +2,9 @@
 
 Every deep model goes through the same loop: DDP through ``prepare_model``, the training
 rows sharded to workers by ``prepare_data_loader``, AdamW with warmup and a cosine (or linear)
-schedule, gradient clipping, bf16 autocast on GPU, evaluation on the validation rows each
-epoch, early stopping, and a checkpoint each epoch. When a worker dies, Ray Train restarts the
-group and the loop resumes from the latest checkpoint.
+schedule, gradient clipping, autocast on GPU at the model's ``scaling.precision``, evaluation
+on the validation rows each epoch, early stopping, and a checkpoint each epoch. When a worker
+dies, Ray Train restarts the group and the loop resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from rakuten_ray.catalog import NUM_CLASSES
 from rakuten_ray.config import model_spec_from_dict
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
+from rakuten_ray.models.precision import autocast_dtype, autocast_to
 from rakuten_ray.models.registry import kind_of
 from rakuten_ray.models.spec import TrainParams
 from rakuten_ray.training.probe import fit_probe_head
@@ -126,6 +128,27 @@ def freeze_backbone(
             module.eval()
 
 
+def ddp_for_epoch(model: torch.nn.Module, frozen: bool) -> torch.nn.Module:
+    """``model`` with DDP's search for unused parameters on only while the backbone is frozen.
+
+    A frozen backbone gets no gradient, which DDP must be told (``find_unused_parameters``);
+    once everything trains, that search would only walk the autograd graph at every step. DDP
+    fixes the setting when it is built, so the epoch that switches wraps the same module anew
+    (on the old wrapper's devices): the parameters, and the optimiser holding them, stay. Call
+    after :func:`freeze_backbone`. A model outside DDP is returned as it is.
+    """
+    if not isinstance(model, DistributedDataParallel) or model.find_unused_parameters == frozen:
+        return model
+    # The old wrapper's gradient hooks would otherwise stay on the parameters.
+    model._remove_autograd_hooks()
+    return DistributedDataParallel(
+        model.module,
+        device_ids=model.device_ids,
+        output_device=model.output_device,
+        find_unused_parameters=frozen,
+    )
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -142,20 +165,25 @@ def predict_rows(
     dataset: RowsDataset,
     batch_size: int,
     device: torch.device,
-    autocast: bool,
+    autocast: torch.dtype | None,
     forward: Forward,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``forward``'s outputs for every row of ``dataset`` in eval mode, and whether each row's
     input was usable (an unusable image is a blank one), computed in rank-strided slices and
-    gathered on every rank."""
+    gathered on every rank. Forward passes autocast to ``autocast`` (``None``: fp32)."""
     rank, world = _world()
     positions = np.arange(rank, len(dataset), world)
     shard = RowsDataset([dataset.rows[i] for i in positions])
-    loader = DataLoader(shard, batch_size=batch_size, collate_fn=task.collate(False))
+    loader = DataLoader(
+        shard,
+        batch_size=batch_size,
+        collate_fn=task.collate(False),
+        pin_memory=device.type == "cuda",
+    )
     model.eval()
     chunks, usable = [], []
     for inputs, _, weights in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast_to(device, autocast):
             chunks.append(forward(model, move_to(inputs, device)).float().cpu().numpy())
         usable.append(weights.numpy() > 0)
     local = np.concatenate(chunks) if chunks else np.empty((0, 0), dtype=np.float32)
@@ -178,7 +206,7 @@ def predict_logits(
     table: pd.DataFrame,
     batch_size: int,
     device: torch.device,
-    autocast: bool,
+    autocast: torch.dtype | None,
 ) -> np.ndarray:
     """Logits of every row of ``table``."""
     dataset = task.dataset(table)
@@ -191,21 +219,24 @@ def _fit_probe_head(
     params: TrainParams,
     val_table: pd.DataFrame,
     device: torch.device,
-    autocast: bool,
-) -> dict[str, float]:
+    autocast: torch.dtype | None,
+) -> tuple[dict[str, float], np.ndarray]:
     """``head_fit: probe``: set the head to a logistic regression fitted on the frozen
-    backbone's features of the training rows; returns the fit's training loss and strength.
+    backbone's features of the training rows; returns the fit's training loss and strength,
+    and the validation rows' logits under the new head.
 
     Every rank fits on the same gathered features; rank 0's head is then broadcast so the
-    DDP replicas cannot drift apart by a rounding difference.
+    DDP replicas cannot drift apart by a rounding difference. The validation logits come from
+    the features already computed (the head is linear on them), not from another forward pass.
     """
-    features = {}
+    features, every_val_row = {}, np.empty(0)
     for part, dataset in (("train", run.loader.dataset), ("val", task.dataset(val_table))):
         values, usable = predict_rows(
             task, run.model, dataset, params.eval_batch_size, device, autocast, task.features
         )
         labels = np.array([label for _, label in dataset.rows], dtype=np.int64)
         features[part] = (values[usable], labels[usable])
+        every_val_row = values  # the last part: rows with a blank image are validated too
     head = fit_probe_head(*features["train"], *features["val"], NUM_CLASSES)
     layer = task.head_layer(run.model)
     with torch.no_grad():
@@ -214,7 +245,8 @@ def _fit_probe_head(
         if _world()[1] > 1:
             for tensor in (layer.weight, layer.bias):
                 dist.broadcast(tensor, src=0)
-    return {"train_loss": head.train_log_loss, "head_C": head.C}
+    val_logits = (every_val_row @ head.weight.T + head.bias).astype(np.float32)
+    return {"train_loss": head.train_log_loss, "head_C": head.C}, val_logits
 
 
 def _train_one_epoch(
@@ -222,25 +254,32 @@ def _train_one_epoch(
     run: Training,
     params: TrainParams,
     device: torch.device,
-    autocast: bool,
+    autocast: torch.dtype | None,
     frozen: bool,
 ) -> float:
     """One pass over this worker's shard; returns the mean training loss."""
-    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    model.train()
-    freeze_backbone(model, run.head, frozen, params.freeze_batchnorm)
+    optimizer, scheduler = run.optimizer, run.scheduler
+    run.model.train()
+    freeze_backbone(run.model, run.head, frozen, params.freeze_batchnorm)
+    # After freezing: DDP takes in the parameters that require a gradient when it is built.
+    run.model = model = ddp_for_epoch(run.model, frozen)
     criterion = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=params.label_smoothing)
+    # fp16 gradients underflow unless the loss is scaled up (bf16 has fp32's range). A fresh
+    # scaler each epoch keeps an epoch the same whether or not the run resumed before it.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
     total, weight_sum = 0.0, 0.0
     for inputs, labels, weights in run.loader:
         labels, weights = labels.to(device), weights.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast_to(device, autocast):
             logits = task.forward(model, move_to(inputs, device))
         per_row = criterion(logits.float(), labels) * weights
         loss = per_row.sum() / weights.sum().clamp(min=1.0)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         total += float(per_row.detach().sum())
         weight_sum += float(weights.sum())
@@ -274,13 +313,23 @@ def prepare_training(
     across workers) and the loader through ``prepare_data_loader`` (one shard per worker);
     with a ``device``, they are plain PyTorch in this process.
     """
+    saved = None
+    if restored is not None:
+        # Tensors come to the CPU whichever device wrote them (another GPU, another node's);
+        # the optimiser moves its state next to the parameters it updates.
+        saved = torch.load(restored / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    state = LoopState() if saved is None else LoopState(**saved["loop"])
     network = task.build(weights_from=restored)
     head = task.head_names(network)
-    if device is None:
+    in_ray_train = device is None
+    if in_ray_train:
         import ray.train.torch
 
-        # Frozen epochs leave the backbone without gradients, which DDP must be told about.
-        ddp = {"find_unused_parameters": params.freeze_backbone_epochs > 0}
+        device = ray.train.torch.get_device()
+        # Frozen epochs leave the backbone without gradients, which DDP must be told about
+        # (from the epoch the run starts at; ddp_for_epoch switches it later).
+        frozen = state.next_epoch < params.freeze_backbone_epochs
+        ddp = {"find_unused_parameters": frozen}
         model = ray.train.torch.prepare_model(network, parallel_strategy_kwargs=ddp)
     else:
         model = network.to(device)
@@ -292,8 +341,9 @@ def prepare_training(
         collate_fn=task.collate(True),
         num_workers=params.loader_workers,
         persistent_workers=params.loader_workers > 0,
+        pin_memory=device.type == "cuda",  # page-locked batches copy to the GPU asynchronously
     )
-    if device is None:
+    if in_ray_train:
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, head, params), weight_decay=params.weight_decay
@@ -302,12 +352,9 @@ def prepare_training(
     stepped_epochs = params.epochs - (params.head_fit == "probe")
     total_steps = max(1, len(loader) * stepped_epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params, total_steps))
-    state = LoopState()
-    if restored is not None:
-        saved = torch.load(restored / TRAIN_STATE_FILE, weights_only=True)
+    if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = LoopState(**saved["loop"])
     return Training(model, loader, optimizer, scheduler, state, head)
 
 
@@ -319,9 +366,10 @@ def run_epoch(
     epoch: int,
     seed: int,
     device: torch.device,
-    autocast: bool,
+    autocast: torch.dtype | None,
 ) -> dict[str, float]:
-    """Train one epoch, then evaluate on ``val_table``; returns the epoch's metrics.
+    """Train one epoch, then evaluate on ``val_table``; returns the epoch's metrics. Forward
+    passes autocast to ``autocast`` (:func:`~rakuten_ray.models.precision.autocast_dtype`).
 
     The Ray Train loop and the plain-PyTorch benchmark both run exactly this.
     """
@@ -334,11 +382,14 @@ def run_epoch(
         sampler.set_epoch(epoch)  # a different shuffle each epoch under DistributedSampler
     frozen = epoch < params.freeze_backbone_epochs
     if epoch == 0 and params.head_fit == "probe":
-        fitted = _fit_probe_head(task, run, params, val_table, device, autocast)
+        fitted, logits = _fit_probe_head(task, run, params, val_table, device, autocast)
+        train_seconds = time.perf_counter() - started
     else:
         fitted = {"train_loss": _train_one_epoch(task, run, params, device, autocast, frozen)}
-    train_seconds = time.perf_counter() - started
-    logits = predict_logits(task, run.model, val_table, params.eval_batch_size, device, autocast)
+        train_seconds = time.perf_counter() - started
+        logits = predict_logits(
+            task, run.model, val_table, params.eval_batch_size, device, autocast
+        )
     probs = softmax(logits)
     y_val = val_table["label"].to_numpy(dtype=np.int64)
     return {
@@ -375,7 +426,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(loop_config["seed"])
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
-    autocast = device.type == "cuda" and spec.scaling.bf16
+    autocast = autocast_dtype(spec.scaling.precision, device)
     task = kind_of(spec).task(spec)
     train_table = pd.read_parquet(loop_config["train_table"])
     val_table = pd.read_parquet(loop_config["val_table"])
@@ -387,6 +438,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as restored:
             run = prepare_training(task, params, train_table, Path(restored))
     start_epoch = run.state.next_epoch
+    if run.state.bad_epochs >= params.patience:
+        return  # restored from a run that had already stopped early
     for epoch in range(start_epoch, params.epochs):
         metrics = run_epoch(
             task, run, params, val_table, epoch, loop_config["seed"], device, autocast

@@ -45,6 +45,12 @@ from rakuten_ray.training.report import (
     StackReport,
     TrainingReport,
 )
+from rakuten_ray.training.resume import (
+    RunIdentity,
+    check_resumable,
+    finished_run,
+    record_finished,
+)
 from rakuten_ray.training.scheduling import Job, run_side_by_side
 
 Log = Callable[[str], None]
@@ -145,15 +151,23 @@ def split_rows(config: RunConfig, data: TrainingData, layout: RunLayout, log: Lo
 
 
 def train_base_models(
-    config: RunConfig, rows: RunRows, layout: RunLayout, log: Log
+    config: RunConfig, rows: RunRows, layout: RunLayout, log: Log, resume: bool = False
 ) -> dict[str, BaseModelRun]:
     """Train every base model on its modality's rows and score its held-out rows; models
     whose resources fit the cluster together train side by side
-    (``training.max_concurrent_models``)."""
+    (``training.max_concurrent_models``). With ``resume``, a model that an interrupted run
+    finished is reused once its record checks out (:mod:`rakuten_ray.training.resume`)."""
     import ray
 
     def train(spec: ModelSpec) -> BaseModelRun:
         kind = kind_of(spec)
+        if resume:
+            reused, why = finished_run(layout, spec)
+            if reused is not None:
+                log(f"base model {spec.name} reused from the interrupted run ({why})")
+                return reused
+            log(f"base model {spec.name}: {why}, training it (from its latest checkpoint if any)")
+        layout.finished(spec.name).unlink(missing_ok=True)
         part = rows.by_modality[kind.modality]
         work_dir = layout.model_dir(spec.name)
         run = train_base_model(spec, part.train, part.val, part.heldout, work_dir, config.seed)
@@ -162,6 +176,7 @@ def train_base_models(
         scores.set_axis([str(c) for c in scores.columns], axis=1).to_parquet(
             layout.heldout_scores(spec.name)
         )
+        record_finished(layout, run)
         log(f"base model {spec.name} ({kind.name}, {kind.trainer}) trained in {run.seconds:.0f}s")
         return run
 
@@ -354,22 +369,30 @@ def build_report(
 
 
 def run_training(
-    config: RunConfig, data_dir: Path, out_dir: Path, log: Log = print
+    config: RunConfig, data_dir: Path, out_dir: Path, log: Log = print, resume: bool = False
 ) -> TrainingReport:
     """Run the whole protocol; returns the report also written to ``RUN/metrics.json``.
 
+    With ``resume``, continue the interrupted run in ``out_dir``: base models it finished
+    are reused, an interrupted Ray Train run continues from its latest checkpoint.
+
     Raises:
         SchemaError: the data folder is malformed (raised before any training).
+        ResumeError: ``resume`` and ``out_dir`` holds no run of this config and data.
     """
     layout = RunLayout(Path(out_dir))
     timer = PhaseClock(log, label="phase ")
     data = load_training_data(Path(data_dir))
+    identity = RunIdentity.of(config, data)
+    if resume:
+        check_resumable(layout, identity)
     layout.root.mkdir(parents=True, exist_ok=True)
+    identity.save(layout.identity)
     config.save(layout.config)
     with timer.phase("split"):
         rows = split_rows(config, data, layout, log)
     with timer.phase("base models"):
-        runs = train_base_models(config, rows, layout, log)
+        runs = train_base_models(config, rows, layout, log, resume)
     with timer.phase("fusion"):
         fusion = fit_fusion(config, runs, rows, layout, log)
     with timer.phase("refit"):

@@ -13,7 +13,7 @@ import pandas as pd
 
 from rakuten_ray.models.packaged import PACKAGE_PREFIX
 from rakuten_ray.models.registry import DeepKind, Modality, register
-from rakuten_ray.models.spec import ConfigError, DeepModelSpec
+from rakuten_ray.models.spec import DEFAULT_PRECISION, ConfigError, DeepModelSpec, Precision
 from rakuten_ray.training.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
@@ -119,13 +119,23 @@ class HfTextKind(DeepKind):
     modality = Modality.TEXT
     spec_type = HfTextSpec
     task_type = TextTask
+    scorer_settings = ("tokens_per_call",)
 
     def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:
         from rakuten_ray.training.data import text_table
 
         return text_table(rows, spec.template)
 
-    def load_scorer(self, folder: Path, batch_size: int | None = None) -> TextClassifier:
+    def load_scorer(
+        self,
+        folder: Path,
+        batch_size: int | None = None,
+        precision: Precision = DEFAULT_PRECISION,
+        device: str | None = None,
+        tokens_per_call: int | None = None,
+    ) -> TextClassifier:
         from rakuten_ray.models.transformer import TEXT_BATCH_SIZE, TextClassifier
 
-        return TextClassifier(folder, batch_size=batch_size or TEXT_BATCH_SIZE)
+        return TextClassifier(
+            folder, device, batch_size or TEXT_BATCH_SIZE, precision, tokens_per_call
+        )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from rakuten_ray.models.registry import FitResult, Modality, ModelKind, register
-from rakuten_ray.models.spec import ModelSpec
+from rakuten_ray.models.spec import DEFAULT_PRECISION, ModelSpec, Precision
 
 if TYPE_CHECKING:
     from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
@@ -64,7 +64,14 @@ class TfidfSvmKind(ModelKind):
     ) -> Path:
         return _fit_in_task(spec, rows, work_dir / "refit", seed)
 
-    def load_scorer(self, folder: Path, batch_size: int | None = None) -> TfidfSvmClassifier:
+    def load_scorer(
+        self,
+        folder: Path,
+        batch_size: int | None = None,
+        precision: Precision = DEFAULT_PRECISION,
+        device: str | None = None,
+    ) -> TfidfSvmClassifier:
+        # scikit-learn on the CPU: no device or precision to choose.
         from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
         return TfidfSvmClassifier(folder)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from rakuten_ray.models.registry import DeepKind, Modality, register
-from rakuten_ray.models.spec import ConfigError, DeepModelSpec
+from rakuten_ray.models.spec import DEFAULT_PRECISION, ConfigError, DeepModelSpec, Precision
 from rakuten_ray.training.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
@@ -142,7 +142,13 @@ class TimmImageKind(DeepKind):
 
         return image_table(rows)
 
-    def load_scorer(self, folder: Path, batch_size: int | None = None) -> ImageClassifier:
+    def load_scorer(
+        self,
+        folder: Path,
+        batch_size: int | None = None,
+        precision: Precision = DEFAULT_PRECISION,
+        device: str | None = None,
+    ) -> ImageClassifier:
         from rakuten_ray.models.vision import IMAGE_BATCH_SIZE, load_image_model
 
-        return load_image_model(folder, batch_size=batch_size or IMAGE_BATCH_SIZE)
+        return load_image_model(folder, device, batch_size or IMAGE_BATCH_SIZE, precision)
