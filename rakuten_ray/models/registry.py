@@ -27,6 +27,7 @@ from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, ModelSpec,
 if TYPE_CHECKING:
     import pandas as pd
 
+    from rakuten_ray.config import StagePool
     from rakuten_ray.models.scorers import Scorer
     from rakuten_ray.training.tasks import DeepTask
 
@@ -98,6 +99,14 @@ class ModelKind(ABC):
 
         A kind that names :attr:`scorer_settings` takes those as keywords too.
         """
+
+    def load_for_pool(self, folder: Path, pool: StagePool, precision: Precision) -> Scorer:
+        """:meth:`load_scorer` with a scoring pool's settings: ``micro_batch_size`` rows per
+        call, and the pool's :attr:`scorer_settings` that are set. The scoring stages and
+        held-out scoring load through here, so fusion is fitted on what scoring computes."""
+        values = {name: getattr(pool, name) for name in self.scorer_settings}
+        settings = {name: value for name, value in values.items() if value is not None}
+        return self.load_scorer(folder, pool.micro_batch_size, precision, **settings)
 
     def resources(self, spec: Any) -> dict[str, float]:
         """What the model holds on the cluster while it trains (one Ray task)."""

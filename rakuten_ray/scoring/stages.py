@@ -64,15 +64,12 @@ def _load_scorers(bundle: Bundle, entries: list[ModelEntry], pool: StagePool) ->
     precision its entry in the bundle's config gives, with ``pool.micro_batch_size`` rows per
     call and the pool's other settings the kind takes (``scorer_settings``) that are set."""
     specs = {spec.name: spec for spec in bundle.config.models()}
-    scorers = []
-    for e in entries:
-        kind = get_kind(e.kind)
-        values = {name: getattr(pool, name) for name in kind.scorer_settings}
-        settings = {name: value for name, value in values.items() if value is not None}
-        precision = specs[e.name].scaling.precision
-        folder = bundle.verified(e.folder)
-        scorers.append(kind.load_scorer(folder, pool.micro_batch_size, precision, **settings))
-    return scorers
+    return [
+        get_kind(e.kind).load_for_pool(
+            bundle.verified(e.folder), pool, specs[e.name].scaling.precision
+        )
+        for e in entries
+    ]
 
 
 class TextStage:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from rakuten_ray.config import StagePool
 from rakuten_ray.models.registry import FitResult, Modality, get_kind, kind_of
 from rakuten_ray.models.scorers import ImageScorer, TextScorer
 from rakuten_ray.models.spec import ModelSpec, Precision
@@ -38,15 +39,23 @@ class BaseModelRun:
 
 
 @ray.remote
-def _score_rows(kind: str, folder: str, precision: Precision, rows: pd.DataFrame) -> pd.DataFrame:
+def _score_rows(
+    kind: str, folder: str, precision: Precision, pool: StagePool | None, rows: pd.DataFrame
+) -> pd.DataFrame:
     """Logits of one shard of held-out rows, by the scorer that the scoring stages load (at
-    the model's precision, as they load it)."""
-    return get_kind(kind).load_scorer(Path(folder), precision=precision).score_rows(rows)
+    the model's precision and with the pool's call sizes, as they load it)."""
+    model = get_kind(kind)
+    if pool is None:
+        return model.load_scorer(Path(folder), precision=precision).score_rows(rows)
+    return model.load_for_pool(Path(folder), pool, precision).score_rows(rows)
 
 
-def heldout_scores(spec: ModelSpec, model_dir: Path, rows: pd.DataFrame) -> pd.DataFrame:
+def heldout_scores(
+    spec: ModelSpec, model_dir: Path, rows: pd.DataFrame, pool: StagePool | None = None
+) -> pd.DataFrame:
     """Logits of ``rows`` by a trained model, indexed like ``rows`` (image models score only
-    rows with a usable image).
+    rows with a usable image). ``pool``: the scoring stage whose call sizes the bundle will
+    score with (the kind's defaults when ``None``).
 
     A model trained on N workers scores in N Ray tasks, each with one worker's CPUs and GPU
     and a contiguous shard of the rows, so a model trained on 4 GPUs scores on 4; the shards'
@@ -61,7 +70,9 @@ def heldout_scores(spec: ModelSpec, model_dir: Path, rows: pd.DataFrame) -> pd.D
     shards = max(1, min(scaling.num_workers, len(rows)))
     bounds = np.linspace(0, len(rows), shards + 1).astype(int)
     refs = [
-        task.remote(spec.kind, str(model_dir), scaling.precision, rows.iloc[start:stop][columns])
+        task.remote(
+            spec.kind, str(model_dir), scaling.precision, pool, rows.iloc[start:stop][columns]
+        )
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     return pd.concat(ray.get(refs))
@@ -74,8 +85,10 @@ def train_base_model(
     heldout: pd.DataFrame,
     work_dir: Path,
     seed: int,
+    pool: StagePool | None = None,
 ) -> BaseModelRun:
-    """Train ``spec`` on ``train`` (``val`` for early stopping) and score ``heldout``.
+    """Train ``spec`` on ``train`` (``val`` for early stopping) and score ``heldout`` (with
+    the call sizes of scoring ``pool``).
 
     Args:
         spec: the base model.
@@ -87,5 +100,5 @@ def train_base_model(
     """
     started = time.perf_counter()
     fit = kind_of(spec).fit(spec, train, val, work_dir, seed)
-    scores = heldout_scores(spec, fit.model_dir, heldout)
+    scores = heldout_scores(spec, fit.model_dir, heldout, pool)
     return BaseModelRun(spec, fit, scores, seconds=time.perf_counter() - started)

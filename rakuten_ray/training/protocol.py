@@ -170,7 +170,11 @@ def train_base_models(
         layout.finished(spec.name).unlink(missing_ok=True)
         part = rows.by_modality[kind.modality]
         work_dir = layout.model_dir(spec.name)
-        run = train_base_model(spec, part.train, part.val, part.heldout, work_dir, config.seed)
+        pool = {Modality.TEXT: config.scoring.text, Modality.IMAGE: config.scoring.image}
+        run = train_base_model(
+            spec, part.train, part.val, part.heldout, work_dir, config.seed,
+            pool[kind.modality],
+        )  # fmt: skip
         scores = run.heldout_scores
         # Kept next to the run so reports can redraw calibration before and after temperature.
         scores.set_axis([str(c) for c in scores.columns], axis=1).to_parquet(
