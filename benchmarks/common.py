@@ -333,13 +333,17 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 
 def scored_run(
-    bundle: Path, source: Path, image_dir: Path, out: Path, engine: str
-) -> dict[str, Any]:
-    """One whole sampled ``run_scoring`` with ``engine`` (``ray`` or ``local``)."""
+    bundle: Path, source: Path, image_dir: Path, out: Path, engine: str,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """One whole sampled ``run_scoring`` with ``engine`` (``ray`` or ``local``) and the
+    bundle's config with ``overrides``."""
     from rakuten_ray.scoring.run import run_scoring
 
     with measured() as usage:
-        summary = run_scoring(bundle, source, image_dir, out, engine=engine, overwrite=True)
+        summary = run_scoring(
+            bundle, source, image_dir, out, engine=engine, overwrite=True, overrides=overrides
+        )
     return {
         "rows": summary.rows,
         "rows_per_s": summary.rows / usage.wall_s,

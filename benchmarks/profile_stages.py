@@ -36,7 +36,13 @@ from rakuten_ray.catalog import image_path, read_products
 from rakuten_ray.images import load_image
 from rakuten_ray.layout import IMAGE_PROBS
 from rakuten_ray.scoring.rows import normalise_batch
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage, limit_threads
+from rakuten_ray.scoring.stages import (
+    FusionStage,
+    ImagePrepStage,
+    ImageStage,
+    TextStage,
+    limit_threads,
+)
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,9 @@ class Part:
     functions: tuple[tuple[str, str], ...]
 
 
-# The models' own ``forward``: torch's module call also wraps torchvision's transforms.
-_TEXT_FORWARD = ("transformers/models/bert/modeling_bert.py", "forward")
-_IMAGE_FORWARD = ("timm/models/efficientnet.py", "forward")
+# The forward passes, on either runtime (torch's module call also wraps torchvision's
+# transforms, so the runtime's own call is what is matched).
+_FORWARD = (("models/runtime.py", "__call__"),)
 _BLEND = Part("temperature + blend", (("fusion/fitting.py", "calibrated_blend"),))
 TEXT_PARTS = (
     Part("normalise rows", (("scoring/rows.py", "normalise_batch"),)),
@@ -69,16 +75,19 @@ TEXT_PARTS = (
             ("transformers/tokenization_utils_base.py", "pad"),
         ),
     ),
-    Part("  model forward", (_TEXT_FORWARD,)),
+    Part("  model forward", _FORWARD),
     _BLEND,
 )
-IMAGE_PARTS = (
+IMAGE_PREP_PARTS = (
     Part(
-        "decode: waiting on the decode threads",
+        "decode, resize and crop: waiting on the stage's threads",
         (("concurrent/futures/_base.py", "result_iterator"),),
     ),
-    Part("resize, crop, to tensor (eval transform)", (("models/vision.py", "preprocess"),)),
-    Part("model forward (both EfficientNets)", (_IMAGE_FORWARD,)),
+)
+IMAGE_PARTS = (
+    Part("stack the crops", (("scoring/stages.py", "stacked"),)),
+    Part("to float and normalise, per batch", (("models/vision.py", "normalise"),)),
+    Part("model forward (both EfficientNets)", _FORWARD),
     _BLEND,
 )
 FUSION_PARTS = (Part("meta-models (predict_proba)", (("fusion/stacking.py", "predict_proba"),)),)
@@ -136,13 +145,16 @@ def torch_ops(stage: Any, batch: pd.DataFrame, count: int = 8) -> list[dict[str,
     ]
 
 
-def per_image_costs(stage: ImageStage, batch: pd.DataFrame) -> dict[str, float]:
-    """CPU milliseconds per image, on this thread alone, of decoding and of one eval transform.
+def per_image_costs(
+    prep: ImagePrepStage, stage: ImageStage, batch: pd.DataFrame
+) -> dict[str, float]:
+    """CPU milliseconds per image, on this thread alone, of decoding and of one eval transform
+    (resize, crop, normalise).
 
     CPU time of this thread, not wall time: other jobs on the machine barely change it.
     """
     paths = [
-        image_path(stage.image_dir, int(imageid), int(productid))
+        image_path(prep.image_dir, int(imageid), int(productid))
         for imageid, productid in zip(batch["imageid"], batch["productid"], strict=True)
     ]
     started = time.thread_time()
@@ -190,15 +202,19 @@ def main() -> None:
         "machine_before": machine(),
     }
     pools = open_bundle(bundle).scoring()
-    text, image = TextStage(bundle, pools.text), ImageStage(bundle, str(image_dir), pools.image)
+    text = TextStage(bundle, pools.text)
+    prep = ImagePrepStage(bundle, str(image_dir), pools.image_prep)
+    image = ImageStage(bundle, pools.image)
+    prepared = prep(batch)
     results = {
         "text": profile_call(text, batch, TEXT_PARTS),
-        "image": profile_call(image, batch, IMAGE_PARTS),
+        "image_prep": profile_call(prep, batch, IMAGE_PREP_PARTS),
+        "image": profile_call(image, prepared, IMAGE_PARTS),
     }
     results["text"]["torch_ops"] = torch_ops(text, batch)
-    results["image"]["torch_ops"] = torch_ops(image, batch)
-    results["image"]["one_thread"] = per_image_costs(image, batch)
-    fused = pd.concat([text(batch), image(batch)[["image_status", *IMAGE_PROBS]]], axis=1)
+    results["image"]["torch_ops"] = torch_ops(image, prepared)
+    results["image"]["one_thread"] = per_image_costs(prep, image, batch)
+    fused = pd.concat([text(batch), image(prepared)[["image_status", *IMAGE_PROBS]]], axis=1)
     results["fusion"] = profile_call(FusionStage(bundle, pools.fusion), fused, FUSION_PARTS)
     payload.update(stages=results, machine_after=machine())
     for name, result in results.items():

@@ -135,7 +135,7 @@ def stage_ms(
         texted = scorer.text(rows)
         timings["text"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        imaged = scorer.image.score(texted, [load_image_bytes(data)])
+        imaged = scorer.image(scorer.prep.prepare(texted, [load_image_bytes(data)]))
         timings["image"].append(time.perf_counter() - started)
         started = time.perf_counter()
         scorer.fusion(imaged)

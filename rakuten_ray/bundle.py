@@ -31,7 +31,7 @@ MANIFEST_FILE = BundleLayout.MANIFEST
 #: Libraries whose versions decide whether a bundle loads and scores the same way.
 RECORDED_LIBRARIES = (
     "rakuten-ray", "torch", "transformers", "timm", "scikit-learn", "skops", "safetensors",
-    "numpy", "pandas", "pyarrow", "pillow", "ray",
+    "numpy", "pandas", "pyarrow", "pillow", "ray", "onnxruntime",
 )  # fmt: skip
 #: Hex digits of the manifest's sha256 that name a bundle.
 BUNDLE_ID_LENGTH = 16

@@ -12,6 +12,7 @@ A model downloaded from a hub without a pinned commit is a warning
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,9 +27,9 @@ from rakuten_ray.models.registry import Modality, get_kind, kind_names, kind_of
 from rakuten_ray.models.spec import ConfigError, ModelSpec, Scaling
 
 __all__ = [
-    "ConfigError", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams", "ServingParams",
-    "SplitParams", "StagePool", "TrainingParams", "UnpinnedModelWarning", "config_from_dict",
-    "load_config", "model_spec_from_dict",
+    "ConfigError", "ExportParams", "FusionParams", "ReviewParams", "RunConfig", "ScoringParams",
+    "ServingParams", "SplitParams", "StagePool", "TrainingParams", "UnpinnedModelWarning",
+    "config_from_dict", "load_config", "model_spec_from_dict",
 ]  # fmt: skip
 
 
@@ -99,6 +100,16 @@ class StagePool:
     #: fill calls sized for long ones with padding rows (docs/performance.md). null: every
     #: call takes ``micro_batch_size`` rows.
     tokens_per_call: int | None = None
+    #: Deep models' forward passes: ``auto`` runs a pool without GPUs on the ONNX Runtime
+    #: export sealed in the bundle (PyTorch where there is none), a GPU pool on PyTorch;
+    #: ``torch``: PyTorch everywhere (docs/performance.md, "CPU runtime").
+    runtime: Literal["auto", "torch"] = "auto"
+
+    @property
+    def threads(self) -> int:
+        """Threads of a stage's models (torch or ONNX Runtime) and image decoding: the CPUs
+        each actor holds, rounded up."""
+        return max(1, math.ceil(self.num_cpus))
 
 
 @dataclass
@@ -106,6 +117,9 @@ class ScoringParams:
     """The Ray Data scoring pipeline."""
 
     text: StagePool = field(default_factory=StagePool)
+    #: Decoding, resizing and cropping images for the image models, on CPUs only: a pool
+    #: that scales apart from the model pool, which then only runs forward passes.
+    image_prep: StagePool = field(default_factory=lambda: StagePool(batch_size=64))
     image: StagePool = field(default_factory=lambda: StagePool(micro_batch_size=8))
     fusion: StagePool = field(
         default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024, micro_batch_size=256)
@@ -139,6 +153,27 @@ class ServingParams:
 
 
 @dataclass
+class ExportParams:
+    """Exports of the deep models written into the bundle when it is sealed, for scoring on
+    CPUs (:mod:`rakuten_ray.models.runtime`)."""
+
+    #: Export each deep model to ONNX and check it against PyTorch on held-out rows.
+    onnx: bool = True
+    #: Also measure an int8 copy of each text encoder (used only where it passes the checks;
+    #: dynamic quantisation lets a call's rows interact, so today it never does).
+    int8_text: bool = False
+    #: Share of checked rows whose label an export must give as PyTorch does to be used.
+    min_agreement: float = 0.995
+    #: Held-out rows checked, at most, per text model and per image model.
+    check_text_rows: int = 2000
+    check_image_rows: int = 256
+
+    def check_rows(self, modality: str) -> int:
+        """Held-out rows checked for a model of ``modality`` (``text`` or ``image``)."""
+        return self.check_text_rows if modality == "text" else self.check_image_rows
+
+
+@dataclass
 class RunConfig:
     """A whole training and scoring configuration."""
 
@@ -150,6 +185,7 @@ class RunConfig:
     training: TrainingParams = field(default_factory=TrainingParams)
     fusion: FusionParams = field(default_factory=FusionParams)
     review: ReviewParams = field(default_factory=ReviewParams)
+    export: ExportParams = field(default_factory=ExportParams)
     scoring: ScoringParams = field(default_factory=ScoringParams)
     serving: ServingParams = field(default_factory=ServingParams)
 
@@ -314,7 +350,7 @@ def _warn_unpinned(config: RunConfig) -> None:
 
 def _check_scoring(scoring: ScoringParams) -> None:
     """Counts of the scoring pools must be positive; resources must not be negative."""
-    for stage in ("text", "image", "fusion"):
+    for stage in ("text", "image_prep", "image", "fusion"):
         pool: StagePool = getattr(scoring, stage)
         for name in ("pool_size", "batch_size", "micro_batch_size"):
             if getattr(pool, name) < 1:
@@ -346,6 +382,12 @@ def _check_ranges(config: RunConfig) -> None:
         raise ConfigError("review.folds: must be at least 2")
     if config.review.min_class_rows < 1:
         raise ConfigError("review.min_class_rows: must be at least 1")
+    export = config.export
+    if not 0.0 <= export.min_agreement <= 1.0:
+        raise ConfigError("export.min_agreement: must be between 0 and 1")
+    for name in ("check_text_rows", "check_image_rows"):
+        if getattr(export, name) < 1:
+            raise ConfigError(f"export.{name}: must be at least 1")
     serving = config.serving
     for name in ("replicas", "max_batch_size", "max_products", "max_body_bytes"):
         if getattr(serving, name) < 1:

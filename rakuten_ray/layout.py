@@ -40,6 +40,9 @@ INDEX_COLUMN = "index"
 TEXT_PROBS = [f"text_prob_{code}" for code in CLASS_CODES]
 IMAGE_PROBS = [f"image_prob_{code}" for code in CLASS_CODES]
 FINAL_PROBS = [f"prob_{code}" for code in CLASS_CODES]
+#: Between the image preparation and the image model stages, a batch carries each distinct
+#: eval crop of the image models in a column named from this prefix.
+CROP_PREFIX = "pixels_"
 #: The predictions' columns, in order, with their pandas types.
 PREDICTION_DTYPES: dict[str, str] = {
     ROW_COLUMN: "int64", INDEX_COLUMN: "Int64", "productid": "Int64", "imageid": "Int64",

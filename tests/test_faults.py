@@ -32,8 +32,10 @@ SHARD_ROWS = 50
 #: Pools that fit on the head node alone (1 CPU, reads and writes included), so that the
 #: actors lost with the worker node can always restart wherever they were.
 OVERRIDES = (
-    "scoring.text.batch_size=32", "scoring.image.batch_size=16", "scoring.text.num_cpus=0.3",
-    "scoring.image.num_cpus=0.3", "scoring.fusion.num_cpus=0.2",
+    "scoring.text.batch_size=32", "scoring.image.batch_size=16", "scoring.text.num_cpus=0.25",
+    "scoring.image_prep.num_cpus=0.2", "scoring.image.num_cpus=0.25", "scoring.fusion.num_cpus=0.1",
+    # Files of 50 rows: predictions land while the model actors are still at work.
+    "scoring.rows_per_output_file=50",
 )  # fmt: skip
 NODE_LOSS_SCRIPT = Path(__file__).with_name("node_loss_run.py")
 FAULT_TIMEOUT_S = 420

@@ -64,7 +64,7 @@ def test_scoring_stages_load_each_model_at_the_precision_of_the_bundles_config(
     loaded: dict[str, str] = {}
 
     def load_scorer(self: Any, folder: Path, batch_size: Any = None, precision: Any = None,
-                    device: Any = None) -> object:  # fmt: skip
+                    device: Any = None, **settings: Any) -> object:  # fmt: skip
         loaded[folder.name] = precision
         return object()
 
@@ -82,7 +82,7 @@ def test_scoring_stages_load_each_model_at_the_precision_of_the_bundles_config(
     monkeypatch.setattr(stages, "open_bundle", lambda _: bundle)
     monkeypatch.setattr(stages, "limit_threads", lambda _: None)  # this process's threads stay
     stages.TextStage("bundle", StagePool())
-    stages.ImageStage("bundle", None, StagePool())
+    stages.ImageStage("bundle", StagePool())
     assert loaded == {
         "tfidf_svm": "bf16", "camembert_large": "fp32", "xlm_roberta": "bf16",
         "convnext_base": "bf16", "swin_base": "fp16",

@@ -112,8 +112,9 @@ def test_a_checkpoint_without_safetensors_loads_as_tensors_and_saves_as_safetens
 
 def test_a_tiny_convnext_saved_by_the_run_loads_back_with_its_args(tiny_run: Path) -> None:
     folder = open_bundle(tiny_run / "bundle").verified(BundleLayout.model("convnext_base"))
-    classifier = load_image_model(folder, device="cpu")
-    dims = [stage.blocks[0].conv_dw.in_channels for stage in classifier.model.stages]
+    classifier = load_image_model(folder, device="cpu", runtime="torch")
+    network = classifier.forward.module.network
+    dims = [stage.blocks[0].conv_dw.in_channels for stage in network.stages]
     assert dims == TINY_CONVNEXT_ARGS["dims"]
 
 

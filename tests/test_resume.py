@@ -51,6 +51,7 @@ def small_config(tmp_path_factory: pytest.TempPathFactory, tiny_production_model
             model["scaling"]["num_workers"] = 1
     deep = next(m for m in config["text_models"] if m["name"] == INTERRUPTED)
     deep["train"].update(epochs=EPOCHS, patience=EPOCHS)
+    config["export"]["onnx"] = False  # the seal's exports have tests of their own
     path = tmp_path_factory.mktemp("resume_config") / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

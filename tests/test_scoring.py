@@ -257,7 +257,8 @@ def test_fusion_path_per_row(
     got = predictions.loc[no_image["index"].astype("int64"), FINAL_PROBS].to_numpy(np.float64)
     np.testing.assert_allclose(got, text_only.predict_proba(text_probs), atol=PROB_TOLERANCE)
 
-    ok = pipeline._image_stage(str(case.image_dir))(pipeline.text(_staged(case, case.ok[:8])))
+    texted = pipeline.text(_staged(case, case.ok[:8]))
+    ok = pipeline.image(pipeline._prep_stage(str(case.image_dir))(texted))
     assert (ok["image_status"] == "ok").all()
     both = ok[TEXT_PROBS + IMAGE_PROBS].to_numpy(dtype=np.float64)
     got = predictions.loc[ok["index"].astype("int64"), FINAL_PROBS].to_numpy(np.float64)

@@ -183,7 +183,7 @@ def test_save_and_reload_give_identical_weights_and_logits(
 
     assert loaded.settings == settings
     assert (tmp_path / "saved" / SETTINGS_FILE).is_file()
-    theirs, ours = model.state_dict(), loaded.model.state_dict()
+    theirs, ours = model.state_dict(), loaded.forward.module.state_dict()
     assert theirs.keys() == ours.keys()
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
 
@@ -217,13 +217,13 @@ def test_logits_come_back_in_input_order(
         tmp_path / "saved", 3, device="cpu", tokens_per_call=tokens_per_call
     )
     shapes: list[tuple[int, int]] = []
-    forward = classifier._forward
+    forward = classifier.forward
 
     def recorded(features: dict[str, torch.Tensor]) -> np.ndarray:
         shapes.append(tuple(features["input_ids"].shape))
         return forward(features)
 
-    monkeypatch.setattr(classifier, "_forward", recorded)
+    monkeypatch.setattr(classifier, "forward", recorded)
     texts = varied_texts()
 
     one_by_one = np.concatenate([classifier.logits([text]) for text in texts])

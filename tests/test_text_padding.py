@@ -91,9 +91,10 @@ def test_the_text_stage_hands_the_budget_to_the_kinds_that_take_it(
     monkeypatch.setattr(stages, "open_bundle", lambda _: bundle)
     monkeypatch.setattr(stages, "limit_threads", lambda _: None)  # this process's threads stay
     stages.TextStage("bundle", StagePool(micro_batch_size=8, tokens_per_call=512))
-    assert loaded == {"t": (8, {}), "h": (8, {"tokens_per_call": 512})}
-    stages.TextStage("bundle", StagePool(micro_batch_size=8))
-    assert loaded == {"t": (8, {}), "h": (8, {})}
+    runtime = {"runtime": "auto", "threads": 1}
+    assert loaded == {"t": (8, {}), "h": (8, {"tokens_per_call": 512, **runtime})}
+    stages.TextStage("bundle", StagePool(micro_batch_size=8, num_cpus=1.5, runtime="torch"))
+    assert loaded == {"t": (8, {}), "h": (8, {"runtime": "torch", "threads": 2})}
 
 
 def test_serving_keeps_its_own_call_size_unless_it_asks_for_the_batch_engines() -> None:

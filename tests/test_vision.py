@@ -152,6 +152,9 @@ def test_save_load_round_trip(lite0: torch.nn.Module, tmp_path: Path) -> None:
     prefixed = {f"module.{k}": v for k, v in lite0.state_dict().items()}
     torch.save(prefixed, tmp_path / "ddp.pth")
     from_ddp = create_image_model("efficientnet_lite0", 27, str(tmp_path / "ddp.pth")).eval()
+    # Cropping one by one and normalising a whole batch gives the eval transform's values.
+    rgb = [im.convert("RGB") for im in images]
+    assert torch.equal(loaded.preprocess(images), torch.stack([eval_tf(im) for im in rgb]))
     with torch.inference_mode():
         np.testing.assert_allclose(from_ddp(loaded.preprocess(images)).numpy(), expected, atol=1e-6)
 

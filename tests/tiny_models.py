@@ -146,10 +146,11 @@ class TinyProductionModels:
                 f"{key}.scaling={one_cpu}, num_workers: {workers}}}",
             ]  # fmt: skip
         return sets + [
-            "scoring.text={pool_size: 1, num_cpus: 0.5, num_gpus: 0, batch_size: 64, "
+            "scoring.text={pool_size: 1, num_cpus: 0.4, num_gpus: 0, batch_size: 64, "
             "micro_batch_size: 16}",
+            "scoring.image_prep={pool_size: 1, num_cpus: 0.3, num_gpus: 0, batch_size: 32}",
             "scoring.image={pool_size: 1, num_cpus: 0.5, num_gpus: 0, batch_size: 32, "
             "micro_batch_size: 8}",
-            "scoring.fusion={pool_size: 1, num_cpus: 0.2, num_gpus: 0, batch_size: 64, "
+            "scoring.fusion={pool_size: 1, num_cpus: 0.1, num_gpus: 0, batch_size: 64, "
             "micro_batch_size: 64}",
         ]

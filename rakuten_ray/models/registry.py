@@ -27,7 +27,8 @@ from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, ModelSpec,
 if TYPE_CHECKING:
     import pandas as pd
 
-    from rakuten_ray.config import StagePool
+    from rakuten_ray.config import ExportParams, StagePool
+    from rakuten_ray.models.runtime import RuntimeRecord
     from rakuten_ray.models.scorers import Scorer
     from rakuten_ray.training.tasks import DeepTask
 
@@ -113,9 +114,14 @@ class ModelKind(ABC):
         scaling = spec.scaling
         return {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0}
 
-    def export(self, model_dir: Path, dest: Path) -> None:
-        """Copy a trained folder into the bundle (every file of it, sealed by the manifest)."""
+    def export(
+        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams
+    ) -> RuntimeRecord | None:
+        """Copy a trained folder into the bundle (every file of it, sealed by the manifest);
+        a kind with a faster CPU runtime adds its export, checked on ``heldout`` rows, and
+        returns what the check measured."""
         shutil.copytree(model_dir, dest)
+        return None
 
 
 class DeepKind(ModelKind):
@@ -123,6 +129,8 @@ class DeepKind(ModelKind):
     (:mod:`rakuten_ray.training.loop`); it supplies the training task and table."""
 
     trainer = "ray_train"
+    #: Whether an int8 copy of its ONNX export may be tried (``export.int8_text``).
+    quantizable: ClassVar[bool] = False
     #: What the training loop needs: the model, its batches, its head, how it saves.
     task_type: ClassVar[type[DeepTask]]
 
@@ -136,6 +144,21 @@ class DeepKind(ModelKind):
         gpus = max(scaling.gpus_per_worker, 1.0) if scaling.use_gpu else 0.0
         return {"CPU": scaling.num_workers * scaling.cpus_per_worker,
                 "GPU": scaling.num_workers * gpus}  # fmt: skip
+
+    def export(
+        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams
+    ) -> RuntimeRecord | None:
+        """The folder, then its ONNX export where ``export.onnx`` is on
+        (:func:`~rakuten_ray.models.runtime.check_exports`; int8 for kinds that allow it)."""
+        super().export(model_dir, dest, heldout, params)
+        if not params.onnx:
+            return None
+        from rakuten_ray.models.runtime import check_exports, evenly_spread
+
+        scorer = self.load_scorer(dest, device="cpu", runtime="torch")
+        rows = evenly_spread(heldout, params.check_rows(self.modality.value))
+        try_int8 = self.quantizable and params.int8_text
+        return check_exports(scorer, dest, rows, params.min_agreement, try_int8)
 
     @abstractmethod
     def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -36,11 +37,18 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from rakuten_ray.batching import plan_length_calls
+from rakuten_ray.batching import LENGTH_STEP, plan_length_calls
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
-from rakuten_ray.models.precision import autocast_dtype, autocast_to
+from rakuten_ray.models.precision import autocast_dtype
+from rakuten_ray.models.runtime import (
+    Forward,
+    RuntimeName,
+    TorchForward,
+    export_onnx,
+    select_forward,
+)
 from rakuten_ray.models.scorers import TextScorer
 from rakuten_ray.models.spec import DEFAULT_PRECISION, Precision
 from rakuten_ray.text import prepare_texts
@@ -218,6 +226,9 @@ class TextClassifier(TextScorer):
         precision: the model's ``scaling.precision``: what forward passes on CUDA autocast to.
         tokens_per_call: when set, texts per forward pass are this many tokens' worth of their
             padded length instead of ``batch_size`` (``scoring.text.tokens_per_call``).
+        runtime: ``auto``: the folder's ONNX export on a CPU, if it has one
+            (:func:`~rakuten_ray.models.runtime.select_forward`); ``torch``: PyTorch.
+        threads: ONNX Runtime's threads (torch's are set for the whole process).
     """
 
     def __init__(
@@ -227,28 +238,39 @@ class TextClassifier(TextScorer):
         batch_size: int = TEXT_BATCH_SIZE,
         precision: Precision = DEFAULT_PRECISION,
         tokens_per_call: int | None = None,
+        runtime: RuntimeName = "auto",
+        threads: int = 1,
     ) -> None:
         folder = Path(folder)
         self.settings = TextSettings(**json.loads((folder / SETTINGS_FILE).read_text()))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.autocast = autocast_dtype(precision, self.device)
         self.batch_size = batch_size
         self.tokens_per_call = tokens_per_call
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        network = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-        self.model = SequenceClassifier(network, self.settings.pooling)
-        self.model.to(self.device).eval()
+        self.num_labels = int(AutoConfig.from_pretrained(folder).num_labels)
+        device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+        def torch_forward() -> TorchForward:
+            network = AutoModelForSequenceClassification.from_pretrained(
+                folder, use_safetensors=True
+            )
+            model = SequenceClassifier(network, self.settings.pooling)
+            return TorchForward(model, device_, autocast_dtype(precision, device_))
+
+        self.forward: Forward = select_forward(folder, runtime, device_, threads, torch_forward)
 
     def scores(self, designations: Sequence[object], descriptions: Sequence[object]) -> np.ndarray:
         """Logits of raw product fields, rendered with this model's template."""
         return self.logits(prepare_texts(designations, descriptions, self.settings.template))
 
-    @torch.inference_mode()
-    def _forward(self, features: dict[str, torch.Tensor]) -> np.ndarray:
-        features = {k: v.to(self.device) for k, v in features.items()}
-        with autocast_to(self.device, self.autocast):
-            logits = self.model(**features)
-        return logits.float().cpu().numpy()
+    def export_onnx(self, path: Path) -> Path:
+        """Export the PyTorch network to ONNX (rows and token positions of any count)."""
+        assert isinstance(self.forward, TorchForward), "loaded with runtime='torch'"
+        example = self.tokenizer(
+            ["[TITRE] example [DESC] example text", "x"], padding="max_length",
+            max_length=LENGTH_STEP, truncation=True, return_tensors="pt",
+        )  # fmt: skip
+        axes = {name: (0, 1) for name in example}
+        return export_onnx(self.forward.module, dict(example), axes, path)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw logits, float32, shape ``(len(texts), num_labels)``, in input order.
@@ -260,7 +282,7 @@ class TextClassifier(TextScorer):
         (:func:`~rakuten_ray.batching.plan_length_calls`). Short titles stay cheap, and a
         text's logits never depend on the texts scored with it.
         """
-        out = np.empty((len(texts), self.model.num_labels), dtype=np.float32)
+        out = np.empty((len(texts), self.num_labels), dtype=np.float32)
         if not len(texts):
             return out
         max_length = self.settings.max_length
@@ -271,5 +293,5 @@ class TextClassifier(TextScorer):
                 {key: [values[i] for i in call.rows] for key, values in encoded.items()},
                 padding="max_length", max_length=call.length, return_tensors="pt",
             )  # fmt: skip
-            out[call.members] = self._forward(dict(features))[: len(call.members)]
+            out[call.members] = self.forward(dict(features))[: len(call.members)]
         return out

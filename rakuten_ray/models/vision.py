@@ -35,11 +35,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_data_config
+from torchvision import transforms
 
 from rakuten_ray.batching import fixed_batches
 from rakuten_ray.hashing import verify_sha256
+from rakuten_ray.layout import CROP_PREFIX
 from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
-from rakuten_ray.models.precision import autocast_dtype, autocast_to
+from rakuten_ray.models.precision import autocast_dtype
+from rakuten_ray.models.runtime import (
+    Forward,
+    RuntimeName,
+    TorchForward,
+    export_onnx,
+    select_forward,
+)
 from rakuten_ray.models.scorers import ImageScorer
 from rakuten_ray.models.spec import DEFAULT_PRECISION, Precision
 
@@ -311,6 +320,38 @@ class ImageSettings:
             crop_mode=self.crop_mode,
         )
 
+    @property
+    def crop_column(self) -> str:
+        """The column a scoring batch carries this model's cropped images in: models whose
+        eval transform resizes and crops alike share it."""
+        return (
+            f"{CROP_PREFIX}{self.image_size}_{self.interpolation}_{self.crop_pct}_{self.crop_mode}"
+        )
+
+    def crop_transform(self) -> Callable[[Image.Image], np.ndarray]:
+        """The eval transform's resize and crop: an RGB image to an ``(size, size, 3)`` uint8
+        array. :meth:`normalise` does the rest, on whole batches."""
+        steps = self.eval_transform().transforms
+        # timm's eval pipeline ends in to-tensor and normalise; the PIL steps come before.
+        assert [type(step).__name__ for step in steps[-2:]] == ["MaybeToTensor", "Normalize"]
+        crop = transforms.Compose(steps[:-2])
+        return lambda image: np.asarray(crop(image), dtype=np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """A batch of cropped images, ``(n, size, size, 3)`` uint8, as the model's input
+        ``(n, 3, size, size)`` float32: the eval transform's to-tensor and normalise steps,
+        the same arithmetic element by element, so the values equal it bit for bit."""
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+        mean = torch.tensor(self.mean, dtype=batch.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=batch.dtype).view(1, -1, 1, 1)
+        return batch.sub_(mean).div_(std).contiguous()
+
+
+def read_image_settings(folder: str | Path) -> ImageSettings:
+    """The settings a folder written by :func:`save_image_model` holds."""
+    raw = json.loads((Path(folder) / SETTINGS_FILE).read_text())
+    return ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+
 
 def save_image_model(
     model: torch.nn.Module,
@@ -345,70 +386,76 @@ def save_image_model(
     return out
 
 
+class _Pixels(torch.nn.Module):
+    """A timm classifier taking its input as ``pixels``, the name scoring and the ONNX
+    export give it."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network(pixels)
+
+
 class ImageClassifier(ImageScorer):
-    """A fine-tuned image model in eval mode with its eval transform, scoring batches.
+    """A fine-tuned image model's eval transform and forward passes, scoring batches.
+
+    Images are cropped one by one (:meth:`crop`, on decoding threads or in a CPU stage of
+    their own) and normalised and scored in batches (:meth:`logits_of_crops`).
 
     Args:
-        model: the network.
-        settings: its saved settings.
-        device: ``cuda`` when available, else ``cpu``, unless given.
-        batch_size: images per forward pass (see :meth:`logits`).
-        precision: the model's ``scaling.precision``: what forward passes on CUDA autocast to.
+        settings: the model's saved settings.
+        forward: its forward passes (:mod:`rakuten_ray.models.runtime`).
+        batch_size: images per forward pass (see :meth:`logits_of_crops`).
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        settings: ImageSettings,
-        device: str | None = None,
-        batch_size: int = IMAGE_BATCH_SIZE,
-        precision: Precision = DEFAULT_PRECISION,
-    ) -> None:
+    def __init__(self, settings: ImageSettings, forward: Forward, batch_size: int) -> None:
         self.settings = settings
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.autocast = autocast_dtype(precision, self.device)
-        # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution
-        # kernels (docs/performance.md: the image stage went from 47 to 53 rows/s).
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.transform = settings.eval_transform()
+        self.forward = forward
         self.batch_size = batch_size
+        self.crop = settings.crop_transform()
 
     @property
     def num_classes(self) -> int:
         return self.settings.num_classes
 
-    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Eval-transformed batch, shape ``(len(images), 3, size, size)``, on the CPU.
-
-        Separate from :meth:`batch_logits` so callers can decode the next batch while the
-        current one runs.
-        """
+    def crops(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Cropped images, ``(len(images), size, size, 3)`` uint8."""
         size = self.settings.image_size
-        if not images:
-            return torch.empty(0, 3, size, size)
-        rgb = (im if im.mode == "RGB" else im.convert("RGB") for im in images)
-        return torch.stack([self.transform(im) for im in rgb])
+        out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            out[i] = self.crop(image if image.mode == "RGB" else image.convert("RGB"))
+        return out
 
-    @torch.inference_mode()
-    def batch_logits(self, batch: torch.Tensor) -> np.ndarray:
-        """Logits of a preprocessed batch, float32, shape ``(len(batch), num_classes)``."""
-        batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with autocast_to(self.device, self.autocast):
-            logits = self.model(batch)
-        return logits.float().cpu().numpy()
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Eval-transformed batch, shape ``(len(images), 3, size, size)``, on the CPU."""
+        return self.settings.normalise(self.crops(images))
 
-    def logits(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
-        """Logits of PIL images, float32, shape ``(len(images), num_classes)``, in input order.
+    def logits_of_crops(self, crops: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Logits of cropped images (:meth:`crops`), float32, ``(len(crops), num_classes)``.
 
         Forward passes take exactly ``batch_size`` images (default: the classifier's), the
         last batch padded (:mod:`rakuten_ray.batching`), so an image's logits never depend on
         the images scored with it.
         """
-        out = np.empty((len(images), self.num_classes), dtype=np.float32)
-        for items, take in fixed_batches(len(images), batch_size or self.batch_size):
-            real = images[items]
-            out[items] = self.batch_logits(self.preprocess(real)[take])[: len(real)]
+        out = np.empty((len(crops), self.num_classes), dtype=np.float32)
+        for items, take in fixed_batches(len(crops), batch_size or self.batch_size):
+            pixels = self.settings.normalise(crops[items][take])
+            out[items] = self.forward({"pixels": pixels})[: items.stop - items.start]
         return out
+
+    def logits(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
+        """Logits of PIL images, float32, shape ``(len(images), num_classes)``, in input order
+        (:meth:`logits_of_crops` of their :meth:`crops`)."""
+        return self.logits_of_crops(self.crops(images), batch_size)
+
+    def export_onnx(self, path: Path) -> Path:
+        """Export the PyTorch network to ONNX (any number of images per call)."""
+        assert isinstance(self.forward, TorchForward), "loaded with runtime='torch'"
+        size = self.settings.image_size
+        example = {"pixels": torch.zeros(2, 3, size, size)}
+        return export_onnx(self.forward.module, example, {"pixels": (0,)}, path)
 
 
 def load_image_model(
@@ -416,14 +463,33 @@ def load_image_model(
     device: str | None = None,
     batch_size: int = IMAGE_BATCH_SIZE,
     precision: Precision = DEFAULT_PRECISION,
+    runtime: RuntimeName = "auto",
+    threads: int = 1,
 ) -> ImageClassifier:
-    """Read a folder written by :func:`save_image_model` (the other arguments as for
-    :class:`ImageClassifier`)."""
+    """Read a folder written by :func:`save_image_model`.
+
+    Args:
+        folder: the model's folder.
+        device: ``cuda`` when available, else ``cpu``, unless given.
+        batch_size: images per forward pass.
+        precision: the model's ``scaling.precision``: what forward passes on CUDA autocast to.
+        runtime: ``auto``: the folder's ONNX export on a CPU, if it has one
+            (:func:`~rakuten_ray.models.runtime.select_forward`); ``torch``: PyTorch.
+        threads: ONNX Runtime's threads (torch's are set for the whole process).
+    """
     folder = Path(folder)
-    raw = json.loads((folder / SETTINGS_FILE).read_text())
-    settings = ImageSettings(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
-    model = create_image_model(
-        settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE),
-        model_args=settings.model_args,
-    )  # fmt: skip
-    return ImageClassifier(model, settings, device, batch_size, precision)
+    settings = read_image_settings(folder)
+    device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def torch_forward() -> TorchForward:
+        model = create_image_model(
+            settings.arch, settings.num_classes, str(folder / WEIGHTS_FILE),
+            model_args=settings.model_args,
+        )  # fmt: skip
+        # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution
+        # kernels (docs/performance.md: the image stage went from 47 to 53 rows/s).
+        autocast = autocast_dtype(precision, device_)
+        return TorchForward(_Pixels(model), device_, autocast, channels_last=True)
+
+    forward = select_forward(folder, runtime, device_, threads, torch_forward)
+    return ImageClassifier(settings, forward, batch_size)

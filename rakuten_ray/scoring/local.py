@@ -1,4 +1,4 @@
-"""The in-process engine: the three stages called one after the other on batches."""
+"""The in-process engine: the stages called one after the other on batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 from rakuten_ray.bundle import open_bundle
 from rakuten_ray.config import ScoringParams
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, empty_predictions
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+from rakuten_ray.scoring.stages import FusionStage, ImagePrepStage, ImageStage, TextStage
 
 DEFAULT_BATCH_ROWS = 256
 
@@ -34,13 +34,15 @@ class FinalPipeline:
         self.batch_size = batch_size
         self.scoring = scoring or open_bundle(bundle_dir).scoring()
         self.text = TextStage(self.bundle_dir, self.scoring.text)
+        self.image = ImageStage(self.bundle_dir, self.scoring.image)
         self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion)
-        self._image: dict[str, ImageStage] = {}
+        self._prep: dict[str, ImagePrepStage] = {}
 
-    def _image_stage(self, image_dir: str) -> ImageStage:
-        if image_dir not in self._image:
-            self._image[image_dir] = ImageStage(self.bundle_dir, image_dir, self.scoring.image)
-        return self._image[image_dir]
+    def _prep_stage(self, image_dir: str) -> ImagePrepStage:
+        if image_dir not in self._prep:
+            pool = self.scoring.image_prep
+            self._prep[image_dir] = ImagePrepStage(self.bundle_dir, image_dir, pool)
+        return self._prep[image_dir]
 
     def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:
         """One output row per input row, in input order.
@@ -57,9 +59,9 @@ class FinalPipeline:
             products = products.assign(**{ROW_COLUMN: np.arange(len(products))})
         if products.empty:
             return empty_predictions()
-        images = self._image_stage(str(image_dir))
+        prep = self._prep_stage(str(image_dir))
         parts = [
-            self.fusion(images(self.text(products.iloc[start : start + self.batch_size])))
+            self.fusion(self.image(prep(self.text(products.iloc[start : start + self.batch_size]))))
             for start in range(0, len(products), self.batch_size)
         ]
         return pd.concat(parts, ignore_index=True)

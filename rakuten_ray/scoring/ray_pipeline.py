@@ -1,4 +1,5 @@
-"""The Ray Data engine: staged shards -> text, image and fusion actor pools -> Parquet."""
+"""The Ray Data engine: staged shards -> text, image preparation, image model and fusion
+actor pools -> Parquet."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.layout import ROW_COLUMN
 from rakuten_ray.scoring.output import predictions_table
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+from rakuten_ray.scoring.stages import FusionStage, ImagePrepStage, ImageStage, TextStage
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,11 @@ def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
     """Pools that hold every CPU leave none for reading and writing: the run would stall."""
     import ray
 
-    pools = (scoring.text, scoring.image, scoring.fusion)
+    pools = (scoring.text, scoring.image_prep, scoring.image, scoring.fusion)
     # Autoscaling pools start at their smallest size: that is what must fit.
     wanted = sum(pool.pool_size * pool.num_cpus for pool in pools) + 2 * IO_CPUS
     available = ray.cluster_resources().get("CPU", 0.0)
-    if wanted > available:
+    if wanted > available + 1e-6:  # sums of decimal fractions round up by a hair
         logger.warning(
             "scoring pools ask for %.2f CPUs (reads and writes included) but the cluster has "
             "%.2f now: the run waits for the cluster to grow; lower scoring.*.num_cpus or "
@@ -70,7 +71,7 @@ def score_with_ray(
     scoring: ScoringParams,
     done_rows: frozenset[int] = frozenset(),
 ) -> None:
-    """Stream the staged shards through the three actor pools into ``out_dir``.
+    """Stream the staged shards through the stages' actor pools into ``out_dir``.
 
     Args:
         bundle_dir: the sealed bundle (each actor hashes the files it loads before loading).
@@ -106,7 +107,8 @@ def score_with_ray(
     bundle = str(bundle_dir)
     stages = (
         (TextStage, {"bundle_dir": bundle}, scoring.text),
-        (ImageStage, {"bundle_dir": bundle, "image_dir": str(image_dir)}, scoring.image),
+        (ImagePrepStage, {"bundle_dir": bundle, "image_dir": str(image_dir)}, scoring.image_prep),
+        (ImageStage, {"bundle_dir": bundle}, scoring.image),
         (FusionStage, {"bundle_dir": bundle}, scoring.fusion),
     )
     for stage, arguments, pool in stages:

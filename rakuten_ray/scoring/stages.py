@@ -1,4 +1,5 @@
-"""The three scoring stages, shared by the in-process and the Ray Data engines.
+"""The scoring stages, shared by the in-process and the Ray Data engines: text, image
+preparation (decode and crop, CPU only), image models, fusion.
 
 Each stage is a callable class: built once from a bundle (it hashes and loads only the files
 of its own models, once per instance, i.e. once per Ray actor) and its pool's settings, then
@@ -9,7 +10,6 @@ config and the command line.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
 from rakuten_ray.images import LoadedImage, load_image
 from rakuten_ray.layout import (
+    CROP_PREFIX,
     FINAL_PROBS,
     IMAGE_PROBS,
     INDEX_COLUMN,
@@ -35,15 +36,6 @@ from rakuten_ray.layout import (
 )
 from rakuten_ray.models.registry import get_kind
 from rakuten_ray.scoring.rows import normalise_batch
-
-#: Image decoding threads per image stage: PIL releases the GIL while decoding, so a few
-#: threads keep the model fed while it runs.
-DECODE_THREADS = 4
-
-
-def pool_threads(pool: StagePool) -> int:
-    """Torch threads of a stage: the CPUs its pool entry gives each actor, rounded up."""
-    return max(1, math.ceil(pool.num_cpus))
 
 
 def limit_threads(num_threads: int) -> None:
@@ -61,8 +53,8 @@ def _with_block(batch: pd.DataFrame, columns: list[str], values: np.ndarray) -> 
 
 def _load_scorers(bundle: Bundle, entries: list[ModelEntry], pool: StagePool) -> list:
     """Each entry's model, hashed against the manifest, then loaded by its kind at the
-    precision its entry in the bundle's config gives, with ``pool.micro_batch_size`` rows per
-    call and the pool's other settings the kind takes (``scorer_settings``) that are set."""
+    precision its entry in the bundle's config gives, with the pool's call sizes, runtime
+    and threads (:meth:`~rakuten_ray.models.registry.ModelKind.load_for_pool`)."""
     specs = {spec.name: spec for spec in bundle.config.models()}
     return [
         get_kind(e.kind).load_for_pool(
@@ -70,6 +62,16 @@ def _load_scorers(bundle: Bundle, entries: list[ModelEntry], pool: StagePool) ->
         )
         for e in entries
     ]
+
+
+def crop_columns(batch: pd.DataFrame) -> list[str]:
+    """The columns of cropped images that :class:`ImagePrepStage` added to a batch."""
+    return [column for column in batch.columns if column.startswith(CROP_PREFIX)]
+
+
+def stacked(column: pd.Series) -> np.ndarray:
+    """A non-empty column of equal-shaped arrays as one array."""
+    return np.stack(column.to_numpy())
 
 
 class TextStage:
@@ -82,7 +84,7 @@ class TextStage:
 
     def __init__(self, bundle_dir: str, pool: StagePool) -> None:
         bundle = open_bundle(bundle_dir)
-        self.num_threads = pool_threads(pool)
+        self.num_threads = pool.threads
         limit_threads(self.num_threads)
         self.entries = bundle.fusion.text_models
         self.scorers = _load_scorers(bundle, self.entries, pool)
@@ -98,50 +100,101 @@ class TextStage:
         return _with_block(rows, TEXT_PROBS, probs)
 
 
-class ImageStage:
-    """Loads each row's image safely and adds blended image probabilities and a status.
+class ImagePrepStage:
+    """Decodes each row's image safely and crops it for the image models, on CPUs only.
 
-    ``pool`` as for :class:`TextStage` (``micro_batch_size``: images per model call).
+    Adds the row's ``image_status`` and, for each distinct eval crop of the bundle's image
+    models, a column of ``(size, size, 3)`` uint8 arrays (zeros where the image is not
+    usable): fixed-size arrays that :class:`ImageStage` normalises and scores in batches. It
+    reads only the models' settings, never their weights, so a pool of it scales apart from
+    the model pool. ``pool.threads`` threads decode and crop the rows of a batch (Pillow
+    releases the GIL for both).
     """
 
     def __init__(self, bundle_dir: str, image_dir: str | None, pool: StagePool) -> None:
+        from rakuten_ray.models.vision import SETTINGS_FILE, read_image_settings
+
         bundle = open_bundle(bundle_dir)
-        self.num_threads = pool_threads(pool)
-        limit_threads(self.num_threads)
         self.image_dir = Path(image_dir) if image_dir is not None else None
-        self.entries = bundle.fusion.image_models
-        self.models = _load_scorers(bundle, self.entries, pool)
-        self.decoder = ThreadPoolExecutor(DECODE_THREADS)
+        settings = [
+            read_image_settings(bundle.verified(f"{e.folder}/{SETTINGS_FILE}").parent)
+            for e in bundle.fusion.image_models
+        ]
+        self.crops = {s.crop_column: (s.image_size, s.crop_transform()) for s in settings}
+        self.workers = ThreadPoolExecutor(pool.threads)
 
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
         if pd.isna(imageid) or pd.isna(productid) or self.image_dir is None:
             return None
         return load_image(image_path(self.image_dir, int(imageid), int(productid)))
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Reads each row's image from the image folder by its ids, then :meth:`score`."""
-        loaded = list(self.decoder.map(self._load, batch["imageid"], batch["productid"]))
-        return self.score(batch, loaded)
+    def _cropped(self, loaded: LoadedImage | None) -> list[np.ndarray | None]:
+        usable = loaded is not None and loaded.status == ImageStatus.OK
+        return [crop(loaded.image) if usable else None for _, crop in self.crops.values()]
 
-    def score(self, batch: pd.DataFrame, loaded: list[LoadedImage | None]) -> pd.DataFrame:
-        """Blended image probabilities and statuses of a batch whose images are ``loaded``
-        (``None``: the row's ids name no file)."""
+    def _row(self, imageid: object, productid: object) -> tuple[LoadedImage | None, list]:
+        loaded = self._load(imageid, productid)
+        return loaded, self._cropped(loaded)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """Reads each row's image from the image folder by its ids, then crops it."""
+        if not self.crops:
+            return batch
+        rows = list(self.workers.map(self._row, batch["imageid"], batch["productid"]))
+        return self._assign(batch, rows)
+
+    def prepare(self, batch: pd.DataFrame, loaded: list[LoadedImage | None]) -> pd.DataFrame:
+        """:meth:`__call__` for images already ``loaded`` (``None``: the row names no file),
+        such as a request's uploads."""
+        if not self.crops:
+            return batch
+        return self._assign(batch, [(item, self._cropped(item)) for item in loaded])
+
+    def _assign(
+        self, batch: pd.DataFrame, rows: list[tuple[LoadedImage | None, list]]
+    ) -> pd.DataFrame:
+        status = [
+            ImageStatus.INVALID_ID.value if item is None else item.status.value for item, _ in rows
+        ]
+        columns = {"image_status": status}
+        for position, (column, (size, _)) in enumerate(self.crops.items()):
+            blank = np.zeros((size, size, 3), dtype=np.uint8)
+            arrays = [crops[position] for _, crops in rows]
+            columns[column] = [blank if array is None else array for array in arrays]
+        return batch.assign(**columns)
+
+
+class ImageStage:
+    """Scores the cropped images :class:`ImagePrepStage` added and blends the image
+    probabilities; drops the crops.
+
+    ``pool`` as for :class:`TextStage` (``micro_batch_size``: images per model call); the
+    stage runs forward passes only, on a GPU when its pool has one.
+    """
+
+    def __init__(self, bundle_dir: str, pool: StagePool) -> None:
+        bundle = open_bundle(bundle_dir)
+        self.num_threads = pool.threads
+        limit_threads(self.num_threads)
+        self.entries = bundle.fusion.image_models
+        self.models = _load_scorers(bundle, self.entries, pool)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         probs = np.full((len(batch), len(CLASS_CODES)), np.nan)
         if not self.models:
             status = ImageStatus.NO_IMAGE_MODEL.value
             return _with_block(batch.assign(image_status=status), IMAGE_PROBS, probs)
         limit_threads(self.num_threads)
-        status = [
-            ImageStatus.INVALID_ID.value if item is None else item.status.value for item in loaded
-        ]
-        usable = [i for i, item in enumerate(loaded) if item and item.status == ImageStatus.OK]
-        if usable:
-            images = [loaded[i].image for i in usable]
-            scores = [model.logits(images) for model in self.models]
+        usable = (batch["image_status"] == ImageStatus.OK.value).to_numpy()
+        if usable.any():
+            scores = [
+                model.logits_of_crops(stacked(batch.loc[usable, model.settings.crop_column]))
+                for model in self.models
+            ]
             probs[usable] = calibrated_blend(
                 scores, [e.temperature for e in self.entries], [e.weight for e in self.entries]
             )
-        return _with_block(batch.assign(image_status=status), IMAGE_PROBS, probs)
+        return _with_block(batch.drop(columns=crop_columns(batch)), IMAGE_PROBS, probs)
 
 
 class FusionStage:

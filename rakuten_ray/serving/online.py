@@ -19,7 +19,7 @@ from rakuten_ray.config import ServingParams, StagePool
 from rakuten_ray.images import load_image_bytes
 from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, ROW_COLUMN
 from rakuten_ray.models.registry import get_kind
-from rakuten_ray.scoring.stages import FusionStage, ImageStage, TextStage
+from rakuten_ray.scoring.stages import FusionStage, ImagePrepStage, ImageStage, TextStage
 from rakuten_ray.serving.requests import MAX_IMAGE_BYTES, Product
 from rakuten_ray.text import MAX_TEXT_CHARS
 from rakuten_ray.training.report import TrainingReport
@@ -66,7 +66,8 @@ class OnlineScorer:
         self.serving = config.serving
         pools = config.scoring
         self.text = TextStage(bundle_dir, online_pool(pools.text, self.serving))
-        self.image = ImageStage(bundle_dir, None, online_pool(pools.image, self.serving))
+        self.prep = ImagePrepStage(bundle_dir, None, online_pool(pools.image_prep, self.serving))
+        self.image = ImageStage(bundle_dir, online_pool(pools.image, self.serving))
         self.fusion = FusionStage(bundle_dir, online_pool(pools.fusion, self.serving))
         self.bundle_id = bundle.bundle_id
         self.info = _info(bundle, config.serving)
@@ -74,9 +75,10 @@ class OnlineScorer:
     def predict(self, products: list[Product]) -> list[dict[str, Any]]:
         """One answer per product, in order, with the full probability vector
         (:func:`answer` shapes it for a reply)."""
-        # Decoded on the image stage's decoder threads, as batch scoring decodes files.
-        loaded = list(self.image.decoder.map(load_image_bytes, [p.image for p in products]))
-        scored = self.fusion(self.image.score(self.text(product_rows(products)), loaded))
+        # Decoded on the preparation stage's threads, as batch scoring decodes files.
+        loaded = list(self.prep.workers.map(load_image_bytes, [p.image for p in products]))
+        rows = self.prep.prepare(self.text(product_rows(products)), loaded)
+        scored = self.fusion(self.image(rows))
         probs = scored[FINAL_PROBS].to_numpy(dtype=np.float64)
         out = []
         for i, row in enumerate(scored.itertuples(index=False)):

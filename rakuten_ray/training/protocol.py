@@ -29,6 +29,7 @@ from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_m
 from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.models.registry import Modality, kind_of
+from rakuten_ray.models.runtime import RuntimeRecord
 from rakuten_ray.models.spec import ModelSpec
 from rakuten_ray.phases import PhaseClock
 from rakuten_ray.splits import Splits, stratified_splits
@@ -250,20 +251,39 @@ def refit_base_models(
     return final
 
 
+def export_models(
+    config: RunConfig, bundle: BundleLayout, final_dirs: dict[str, Path], rows: RunRows, log: Log
+) -> dict[str, RuntimeRecord]:
+    """Copy each model into a new bundle folder with its CPU runtime export, checked on its
+    modality's held-out rows; returns what each check measured."""
+    if bundle.root.exists():
+        shutil.rmtree(bundle.root)
+    (bundle.root / BundleLayout.MODELS).mkdir(parents=True)
+    runtimes = {}
+    for spec in config.models():
+        kind = kind_of(spec)
+        heldout = rows.by_modality[kind.modality].heldout
+        dest = bundle.path(BundleLayout.model(spec.name))
+        record = kind.export(final_dirs[spec.name], dest, heldout, config.export)
+        if record is not None:
+            runtimes[spec.name] = record
+            int8 = "not tried" if record.int8_agreement is None else f"{record.int8_agreement:.2%}"
+            log(
+                f"{spec.name}: CPU runtime {record.file or 'PyTorch (export not kept)'}; labels "
+                f"as PyTorch's on {record.fp32_agreement:.2%} of {record.checked_rows} "
+                f"held-out rows (fp32 export), {int8} (int8 copy)"
+            )
+    return runtimes
+
+
 def seal_run_bundle(
     config: RunConfig,
     bundle: BundleLayout,
-    final_dirs: dict[str, Path],
     fusion: FusionFit,
     fingerprint: str,
     report: TrainingReport,
 ) -> None:
-    """Write the models, the fusion and the config into the bundle, then its manifest."""
-    if bundle.root.exists():
-        shutil.rmtree(bundle.root)
-    (bundle.root / BundleLayout.MODELS).mkdir(parents=True)
-    for spec in config.models():
-        kind_of(spec).export(final_dirs[spec.name], bundle.path(BundleLayout.model(spec.name)))
+    """Write the fusion and the config beside the exported models, then the manifest."""
 
     def entries(specs: list[ModelSpec], fit: ModalityFit | None) -> list[ModelEntry]:
         if fit is None:
@@ -401,9 +421,11 @@ def run_training(
         fusion = fit_fusion(config, runs, rows, layout, log)
     with timer.phase("refit"):
         final_dirs = refit_base_models(config, runs, rows, layout)
-    report = build_report(config, runs, fusion, rows, timer)
+    with timer.phase("export"):
+        runtimes = export_models(config, layout.bundle, final_dirs, rows, log)
+    report = dataclasses.replace(build_report(config, runs, fusion, rows, timer), runtimes=runtimes)
     fingerprint = data_fingerprint(data.labelled[[*X_COLUMNS, LABEL_COLUMN]])
-    seal_run_bundle(config, layout.bundle, final_dirs, fusion, fingerprint, report)
+    seal_run_bundle(config, layout.bundle, fusion, fingerprint, report)
     report.save(layout.metrics)
     log(f"bundle sealed in {layout.bundle.root} ({timer.total:.0f}s in all)")
     return report

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rakuten_ray.models.runtime import RuntimeRecord
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -139,6 +141,9 @@ class TrainingReport:
     #: Wall time of each phase of the run, in order.
     phase_seconds: dict[str, float]
     seconds: float
+    #: Each deep model's CPU runtime export and its check against PyTorch (none: scoring
+    #: runs that model on PyTorch).
+    runtimes: dict[str, RuntimeRecord] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written to ``metrics.json``."""

@@ -19,6 +19,7 @@ from rakuten_ray.training.tasks import Batch, DeepTask
 if TYPE_CHECKING:
     import torch
 
+    from rakuten_ray.models.runtime import RuntimeName
     from rakuten_ray.models.transformer import TextClassifier
 
 #: Submodules of a Hugging Face sequence classifier that belong to its classification head.
@@ -119,7 +120,8 @@ class HfTextKind(DeepKind):
     modality = Modality.TEXT
     spec_type = HfTextSpec
     task_type = TextTask
-    scorer_settings = ("tokens_per_call",)
+    quantizable = True
+    scorer_settings = ("tokens_per_call", "runtime", "threads")
 
     def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:
         from rakuten_ray.training.data import text_table
@@ -133,9 +135,12 @@ class HfTextKind(DeepKind):
         precision: Precision = DEFAULT_PRECISION,
         device: str | None = None,
         tokens_per_call: int | None = None,
+        runtime: RuntimeName = "auto",
+        threads: int = 1,
     ) -> TextClassifier:
         from rakuten_ray.models.transformer import TEXT_BATCH_SIZE, TextClassifier
 
         return TextClassifier(
-            folder, device, batch_size or TEXT_BATCH_SIZE, precision, tokens_per_call
-        )
+            folder, device, batch_size or TEXT_BATCH_SIZE, precision, tokens_per_call,
+            runtime, threads,
+        )  # fmt: skip

@@ -17,6 +17,7 @@ from rakuten_ray.training.tasks import Batch, DeepTask
 if TYPE_CHECKING:
     import torch
 
+    from rakuten_ray.models.runtime import RuntimeName
     from rakuten_ray.models.vision import ImageClassifier
 
 
@@ -136,6 +137,7 @@ class TimmImageKind(DeepKind):
     modality = Modality.IMAGE
     spec_type = TimmImageSpec
     task_type = ImageTask
+    scorer_settings = ("runtime", "threads")
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
         from rakuten_ray.training.data import image_table
@@ -148,7 +150,11 @@ class TimmImageKind(DeepKind):
         batch_size: int | None = None,
         precision: Precision = DEFAULT_PRECISION,
         device: str | None = None,
+        runtime: RuntimeName = "auto",
+        threads: int = 1,
     ) -> ImageClassifier:
         from rakuten_ray.models.vision import IMAGE_BATCH_SIZE, load_image_model
 
-        return load_image_model(folder, device, batch_size or IMAGE_BATCH_SIZE, precision)
+        return load_image_model(
+            folder, device, batch_size or IMAGE_BATCH_SIZE, precision, runtime, threads
+        )
