@@ -96,8 +96,8 @@ class StagePool:
     micro_batch_size: int = 16
     #: Text stage only: tokens per model call, in place of ``micro_batch_size``. Texts padded
     #: to L tokens then run in calls of exactly ``max(1, tokens_per_call // L)`` rows: a call's
-    #: shape still depends on its rows' own padded length alone, and short texts no longer
-    #: fill calls sized for long ones with padding rows (docs/performance.md). null: every
+    #: shape depends on its rows' own padded length alone, and short texts do not fill
+    #: calls sized for long ones with padding rows (docs/performance.md). null: every
     #: call takes ``micro_batch_size`` rows.
     tokens_per_call: int | None = None
     #: Deep models' forward passes: ``auto`` runs a pool without GPUs on the ONNX Runtime
@@ -160,7 +160,7 @@ class ExportParams:
     #: Export each deep model to ONNX and check it against PyTorch on held-out rows.
     onnx: bool = True
     #: Also measure an int8 copy of each text encoder (used only where it passes the checks;
-    #: dynamic quantisation lets a call's rows interact, so today it never does).
+    #: dynamic quantisation lets a call's rows interact, so it never does).
     int8_text: bool = False
     #: Share of checked rows whose label an export must give as PyTorch does to be used.
     min_agreement: float = 0.995

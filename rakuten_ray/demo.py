@@ -1,8 +1,9 @@
 """``rakuten-ray demo``: the main job on the embedded default, end to end.
 
-Generates the demo catalogue, trains the demo config with Ray Train, fits the fusion, seals the
-bundle, scores the demo test rows with the Ray Data engine, evaluates them against their
-labels, and writes a one-page report.
+Generates the demo catalogue, trains the demo config (TF-IDF in a Ray task, the deep models with
+Ray Train), fits the fusion, exports the deep models and seals the bundle, scores the demo test
+rows with the Ray Data engine, evaluates them against their labels, and writes a one-page
+report.
 """
 
 from __future__ import annotations

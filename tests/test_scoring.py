@@ -36,7 +36,7 @@ from rakuten_ray.scoring.local import FinalPipeline
 from rakuten_ray.scoring.run import run_scoring
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Columns every predictions table carries (DESIGN section 3).
+#: Columns every predictions table carries, whichever engine wrote it.
 OUTPUT_COLUMNS = {
     "row", "index", "productid", "imageid", "prdtypecode", "confidence", "text_prdtypecode",
     "image_prdtypecode", "image_status", *FINAL_PROBS,
@@ -271,7 +271,7 @@ def test_fusion_path_per_row(
 def test_final_pipeline_matches_scoring_run(
     local_out: Path, case: ScoringCase, pipeline: FinalPipeline, tiny_catalogue: Path
 ) -> None:
-    """The notebook API on a catalogue file gives the scoring run's labels, in input order."""
+    """``FinalPipeline.predict``, the Python API, gives the scoring run's labels, in input order."""
     products = read_products(tiny_catalogue / X_TEST_FILE)
     result = pipeline.predict(products, case.image_dir)
     assert result["index"].astype("int64").tolist() == products.index.tolist()

@@ -487,7 +487,7 @@ def load_image_model(
             model_args=settings.model_args,
         )  # fmt: skip
         # Channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their faster convolution
-        # kernels (docs/performance.md: the image stage went from 47 to 53 rows/s).
+        # kernels (benchmarks/image_layout.py; docs/performance.md).
         autocast = autocast_dtype(precision, device_)
         return TorchForward(_Pixels(model), device_, autocast, channels_last=True)
 

@@ -1,6 +1,6 @@
 """The online engine: the three scoring stages for products sent with their image bytes.
 
-A replica of the service holds one :class:`OnlineScorer`; so can a test or a notebook. Rows
+A replica of the service holds one :class:`OnlineScorer`; so can a test or any Python process. Rows
 go through exactly the code of batch scoring (:mod:`rakuten_ray.scoring.stages`), only the
 image comes from the request instead of the image folder.
 """
