@@ -128,7 +128,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.replicas is not None:
         overrides.append(f"serving.replicas={args.replicas}")
-    run_service(args.bundle, args.host, args.port, args.address, tuple(overrides))
+    run_service(
+        args.bundle, args.host, args.port, args.address, tuple(overrides), args.drain_seconds
+    )
     return 0
 
 
@@ -206,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--replicas", type=int, default=None, help="replicas of the model")
     serve.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    serve.add_argument(
+        "--drain-seconds", type=float, default=5.0,
+        help="on SIGTERM, seconds /readyz answers 503 before the service stops (default 5)",
+    )  # fmt: skip
     serve.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a serving key, e.g. serving.micro_batch_size=null",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,60 @@ def test_top_k_parameter() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Readiness
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_replica_is_ready_only_after_its_warm_up(tiny_run: Path) -> None:
+    """503 while the models load (held back here until the test lets them), 200 once the
+    warm-up product's answer is checked; a load that fails stays 503 and says why."""
+    import threading
+
+    from rakuten_ray.serving.online import OnlineScorer
+    from rakuten_ray.serving.readiness import ReplicaLoader, readiness
+
+    release = threading.Event()
+
+    def load() -> OnlineScorer:
+        release.wait(60)
+        return OnlineScorer(str(tiny_run / "bundle"))
+
+    loader = ReplicaLoader(load)
+    assert readiness(loader, False, "b") == (503, {"ready": False, "state": "loading",
+                                                   "bundle_id": "b"})  # fmt: skip
+    release.set()
+    assert loader.wait(120)
+    assert readiness(loader, False, "b") == (200, {"ready": True, "state": "ready",
+                                                   "bundle_id": "b"})  # fmt: skip
+    assert readiness(loader, True, "b")[0] == 503
+    broken = ReplicaLoader(lambda: OnlineScorer(str(tiny_run / "no-such-bundle")))
+    assert broken.wait(60)
+    status, body = readiness(broken, False, "b")
+    assert status == 503 and body["state"] == "failed" and "BundleError" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prdtypecode": 7}, "unknown code"),
+        ({"probabilities": [1.0] + [0.0] * 25}, "27 finite"),
+        ({"probabilities": [float("nan")] * 27}, "27 finite"),
+        ({"probabilities": [0.5] * 27}, "sum to"),
+        ({"image_status": "unreadable"}, "image was not scored"),
+    ],
+)
+def test_warm_up_refuses_an_answer_no_working_replica_gives(change: dict, message: str) -> None:
+    from rakuten_ray.serving.readiness import WarmUpError, check_answer
+
+    good = {"prdtypecode": CLASS_CODES[0], "probabilities": [1.0] + [0.0] * 26,
+            "image_status": "ok"}  # fmt: skip
+    check_answer(good)
+    with pytest.raises(WarmUpError, match=message):
+        check_answer({**good, **change})
+
+
+# --------------------------------------------------------------------------------------------
 # The online engine, in process
 # --------------------------------------------------------------------------------------------
 
@@ -173,6 +228,26 @@ def test_online_answers_equal_batch_scoring(
     assert [a["probabilities"] for a in alone] == [a["probabilities"] for a in fast[:3]]
 
 
+@pytest.mark.slow
+def test_concurrent_stages_equal_sequential_ones(tiny_run: Path, tiny_catalogue: Path) -> None:
+    """The text stage on its own thread beside the image stages gives the rows that running
+    the stages one after the other gives, bit for bit, images or none."""
+    from rakuten_ray.images import load_image_bytes
+    from rakuten_ray.serving.online import OnlineScorer, product_rows
+    from rakuten_ray.serving.requests import Product
+
+    products = [Product(*fields) for fields in catalogue_products(tiny_catalogue)]
+    products += [Product("Piscine", "", data) for data in image_cases(tiny_catalogue).values()]
+    scorer = OnlineScorer(str(tiny_run / "bundle"))
+    loaded = [load_image_bytes(p.image) for p in products]
+    one_by_one = scorer.fusion(
+        scorer.image(scorer.prep.prepare(scorer.text(product_rows(products)), loaded))
+    )
+    side_by_side = scorer.scored_rows(products)
+    assert side_by_side.equals(one_by_one[side_by_side.columns])
+    assert list(side_by_side.columns) == list(one_by_one.columns)
+
+
 # --------------------------------------------------------------------------------------------
 # The Ray Serve application
 # --------------------------------------------------------------------------------------------
@@ -195,7 +270,9 @@ def descendants(pid: int) -> set[int]:
 def service(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """``rakuten-ray serve`` on the session bundle, on a free loopback port."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    overrides = ("serving.num_cpus=1", "serving.max_batch_size=8")
+    # Requests sent together wait up to 50 ms for each other: the batching test relies on it.
+    overrides = ("serving.num_cpus=1", "serving.max_batch_size=8",
+                 "serving.batch_wait_timeout_s=0.05")  # fmt: skip
     running = LocalService(tiny_run / "bundle", overrides, log=log)
     try:
         with running:
@@ -311,9 +388,41 @@ def test_page_classifies_a_product_in_a_browser(
 
 
 @pytest.mark.slow
-def test_sigterm_stops_the_service_and_its_ray_processes(service: LocalService) -> None:
+def test_concurrent_requests_are_scored_together(service: LocalService) -> None:
+    """Eight products sent at once by eight clients go through the stages in fewer passes
+    than products, and each still gets the answer it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, before = service.client.get("/info")
+    sent = [product(f"Piscine gonflable {i}", "pour enfants") for i in range(8)]
+    with ThreadPoolExecutor(len(sent)) as clients:
+        replies = list(clients.map(service.client.predict, sent))
+    assert all(status == 200 for status, _ in replies), replies
+    _, after = service.client.get("/info")
+    passes = after["batching"]["batches"] - before["batching"]["batches"]
+    assert after["batching"]["products"] - before["batching"]["products"] == len(sent)
+    assert passes < len(sent) and after["batching"]["largest"] >= 2, after["batching"]
+    status, alone = service.client.predict(sent[3])
+    assert status == 200 and alone["confidence"] == replies[3][1]["confidence"]
+
+
+@pytest.mark.slow
+def test_sigterm_drains_then_stops_the_service_and_its_ray_processes(
+    service: LocalService,
+) -> None:
+    """After SIGTERM the replica says it is not ready (a load balancer stops sending), still
+    answers what reaches it, then the service and every Ray process it started exit."""
     children = descendants(service.process.pid)
     assert children, "the service started no Ray process"
+    service.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 4
+    states = []
+    while time.monotonic() < deadline and "draining" not in states:
+        status, body = service.client.get("/readyz")
+        states.append(body["state"] if status == 503 else status)
+        time.sleep(0.1)
+    assert "draining" in states, states
+    assert service.client.predict(product("Chaise de jardin"))[0] == 200
     assert service.stop() == 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
