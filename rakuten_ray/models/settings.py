@@ -158,6 +158,9 @@ def _key_path(loc: Sequence[str | int], data: Any, prefix: str) -> str:
     """``loc`` as a config key path; an entry of a list is named by its ``name`` in ``data``."""
     path, node = prefix, data
     for part in loc:
+        if part == "[key]":
+            # pydantic's marker of an error in a mapping's key rather than its value
+            continue
         if isinstance(part, int):
             item = node[part] if isinstance(node, list) and part < len(node) else None
             name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
