@@ -17,13 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    Field,
-    SerializeAsAny,
-    ValidationError,
-    WrapValidator,
-    model_validator,
-)
+from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, model_validator
 
 from rakuten_ray.models.entry import model_spec_from_dict, read_model_spec
 from rakuten_ray.models.registry import Modality, kind_of
@@ -197,10 +191,10 @@ class ExportParams(Section):
         return self.check_text_rows if modality == "text" else self.check_image_rows
 
 
-def _model_of(group: str, modality: Modality) -> WrapValidator:
+def _model_of(group: str, modality: Modality) -> PlainValidator:
     """Reads an entry of ``group`` into its kind's settings; the kind must read ``modality``."""
 
-    def read(entry: Any, _handler: Any) -> ModelSpec:
+    def read(entry: Any) -> ModelSpec:
         spec = read_model_spec(entry)
         actual = kind_of(spec).modality
         if actual != modality:
@@ -208,7 +202,7 @@ def _model_of(group: str, modality: Modality) -> WrapValidator:
             raise problem(["kind"], message, spec.kind)
         return spec
 
-    return WrapValidator(read)
+    return PlainValidator(read)
 
 
 #: Entries are dumped as their kind's settings class, every field of it.

@@ -68,14 +68,17 @@ _EXPECTED = {
 _RANGES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-def problem(loc: Sequence[str | int], message: str, value: Any) -> ValidationError:
-    """A validation error at ``loc`` whose message is already worded for the reader."""
-    detail = InitErrorDetails(
+def _detail(loc: Sequence[str | int], message: str, value: Any) -> InitErrorDetails:
+    return InitErrorDetails(
         type=PydanticCustomError(_WORDED, "{message}", {"message": message}),
         loc=tuple(loc),
         input=value,
     )
-    return ValidationError.from_exception_data("config", [detail])
+
+
+def problem(loc: Sequence[str | int], message: str, value: Any) -> ValidationError:
+    """A validation error at ``loc`` whose message is already worded for the reader."""
+    return ValidationError.from_exception_data("config", [_detail(loc, message, value)])
 
 
 def _bounds(info: FieldInfo) -> str:
@@ -90,11 +93,9 @@ def _bounds(info: FieldInfo) -> str:
     high = (")", found["lt"]) if "lt" in found else ("]", found["le"]) if "le" in found else None
     if low and high:
         return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low:
-        return f"{'greater than' if low[0] == '(' else 'at least'} {low[1]}"
     if high:
         return f"{'less than' if high[0] == ')' else 'at most'} {high[1]}"
-    return "in range"
+    return f"{'greater than' if low[0] == '(' else 'at least'} {low[1]}"
 
 
 def _nullable(info: FieldInfo) -> bool:
@@ -142,15 +143,7 @@ class Section(BaseModel):
         try:
             return handler(data)
         except ValidationError as exc:
-            details = [
-                InitErrorDetails(
-                    type=PydanticCustomError(_WORDED, "{message}", {"message": message}),
-                    loc=loc,
-                    input=error["input"],
-                )
-                for error in exc.errors()
-                for loc, message in [_worded(cls, error)]
-            ]
+            details = [_detail(*_worded(cls, error), error["input"]) for error in exc.errors()]
             raise ValidationError.from_exception_data(exc.title, details) from None
 
 
