@@ -26,7 +26,6 @@ Writes ``benchmarks/results/cpu_runtime.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -77,8 +76,8 @@ def stages_alone(bundle: Path, dataset: Dataset, rows: pd.DataFrame) -> dict[str
     out: dict[str, Any] = {"image_prep": timings}
     for runtime in RUNTIMES:
         chosen = "auto" if runtime == "onnx" else "torch"
-        text = TextStage(str(bundle), dataclasses.replace(scoring.text, runtime=chosen))
-        image = ImageStage(str(bundle), dataclasses.replace(scoring.image, runtime=chosen))
+        text = TextStage(str(bundle), scoring.text.model_copy(update={"runtime": chosen}))
+        image = ImageStage(str(bundle), scoring.image.model_copy(update={"runtime": chosen}))
         out[f"text_{runtime}"] = time_stage(text, rows, scoring.text.batch_size)[1]
         out[f"image_{runtime}"] = time_stage(image, prepared, scoring.image.batch_size)[1]
     return out

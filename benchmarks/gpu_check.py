@@ -23,7 +23,6 @@ pillow. Without a visible CUDA device it refuses, exit status 2, before any work
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import platform
@@ -79,11 +78,10 @@ def checked_config(tiny: Any, precision: str | None) -> RunConfig:
 
 def with_epochs(spec: DeepModelSpec, epochs: int) -> DeepModelSpec:
     """``spec`` training ``epochs`` epochs (its head-only epochs capped to as many)."""
-    train = dataclasses.replace(
-        spec.train, epochs=epochs,
-        freeze_backbone_epochs=min(spec.train.freeze_backbone_epochs, epochs),
-    )  # fmt: skip
-    return dataclasses.replace(spec, train=train)
+    train = spec.train.model_copy(update={
+        "epochs": epochs, "freeze_backbone_epochs": min(spec.train.freeze_backbone_epochs, epochs),
+    })  # fmt: skip
+    return spec.model_copy(update={"train": train})
 
 
 def reset_peak_memory(device: torch.device) -> None:

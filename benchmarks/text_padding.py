@@ -32,7 +32,6 @@ Prints a table and writes ``benchmarks/results/text_padding.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,7 @@ def time_text_stage(
     frame = texts.iloc[np.resize(np.arange(len(texts)), rows)].reset_index(drop=True)
     frame = frame.assign(productid=pd.NA, imageid=pd.NA)
     batch = normalise_batch(frame.rename_axis("index").reset_index().assign(row=range(rows)))
-    pools = {"rows": dataclasses.replace(pool, tokens_per_call=None), "tokens": pool}
+    pools = {"rows": pool.model_copy(update={"tokens_per_call": None}), "tokens": pool}
     stages = {rule: TextStage(str(bundle), p) for rule, p in pools.items()}
     wall: dict[str, list[float]] = {rule: [] for rule in pools}
     cpu: dict[str, list[float]] = {rule: [] for rule in pools}

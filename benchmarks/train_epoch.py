@@ -25,7 +25,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,13 @@ class Tables:
 def benchmark_spec(spec: DeepModelSpec) -> DeepModelSpec:
     """The demo spec for one full fine-tuning epoch (no frozen warm-up or head fit, no
     retries)."""
-    train = replace(spec.train, epochs=1, freeze_backbone_epochs=0, head_fit="sgd")
-    scaling = replace(spec.scaling, num_workers=1, cpus_per_worker=THREADS, max_failures=0)
-    return replace(spec, train=train, scaling=scaling)
+    train = spec.train.model_copy(
+        update={"epochs": 1, "freeze_backbone_epochs": 0, "head_fit": "sgd"}
+    )
+    scaling = spec.scaling.model_copy(
+        update={"num_workers": 1, "cpus_per_worker": THREADS, "max_failures": 0}
+    )
+    return spec.model_copy(update={"train": train, "scaling": scaling})
 
 
 def model_tables(spec: DeepModelSpec, data_dir: Path, rows: int, val_rows: int) -> Tables:

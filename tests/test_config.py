@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -258,3 +259,71 @@ def test_an_earlier_bf16_flag_reads_as_the_precision() -> None:
     for flag, precision in ((True, "bf16"), (False, "fp32")):
         spec = model_spec_from_dict({**entry, "scaling": {"use_gpu": True, "bf16": flag}})
         assert spec.scaling.precision == precision
+
+
+def test_an_unknown_key_in_a_kind_s_entry_names_its_path_the_file_and_the_known_keys(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path, lambda d: d["text_models"][1]["train"].update(foo=1))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: text_models[minilm].train.foo: unknown key (known: [")
+    assert "'epochs'" in message and "'head_fit'" in message
+
+
+def test_every_problem_is_reported_on_a_line_naming_the_file(tmp_path: Path) -> None:
+    def mutate(data: dict) -> None:
+        data["seed"] = "x"
+        data["image_models"][1]["image_size"] = 8
+        data["fusion"]["blend"] = "median"
+
+    path = write_config(tmp_path, mutate)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        f"{path}: seed: expected int, got str",
+        f"{path}: image_models[effnet_lite1].image_size: must be at least 16 (got 8)",
+        f"{path}: fusion.blend: 'median' is not one of 'inverse_log_loss' or 'optimal'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("review.target_precision=1", "review.target_precision: must be in (0, 1) (got 1)"),
+        ("serving.micro_batch_size=0", "serving.micro_batch_size: must be at least 1, or null"),
+        ("text_models.minilm.train.epochs=true", "train.epochs: expected int, got bool"),
+        ("text_models.minilm.train.learning_rate=.nan", "learning_rate: expected a finite number"),
+        ("text_models.minilm.markers=[1]", "text_models[minilm].markers[0]: expected str, got int"),
+        ("text_models.minilm.model=''", "text_models[minilm].model: must not be empty"),
+        ("image_models.effnet_lite0.scaling=2", "[effnet_lite0].scaling: expected a mapping"),
+        ("image_models.effnet_lite0.model_args={1: 2}", "model_args[1]: expected str, got int"),
+        ("text_models=[3]", "text_models[0]: expected a mapping, got int"),
+    ],
+)
+def test_each_sort_of_error_is_worded_with_its_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(CONFIGS / "demo.yaml", [override], warn_unpinned=False)
+
+
+def test_an_integer_serves_as_a_float_setting() -> None:
+    config = load_config(CONFIGS / "demo.yaml", ["fusion.stack_C=2"])
+    assert config.fusion.stack_C == 2.0 and isinstance(config.fusion.stack_C, float)
+
+
+@pytest.mark.filterwarnings("ignore::rakuten_ray.config.UnpinnedModelWarning")
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+def test_a_spec_sent_to_a_worker_comes_back_whole(name: str) -> None:
+    """Specs cross to Ray workers pickled, and to Ray Train workers as plain data."""
+    for spec in load_config(CONFIGS / name).models():
+        assert pickle.loads(pickle.dumps(spec)) == spec
+        assert model_spec_from_dict(spec.model_dump()) == spec
+
+
+def test_the_resolved_config_holds_every_setting_of_each_kind() -> None:
+    resolved = load_config(CONFIGS / "demo.yaml").to_dict()
+    minilm, effnet = resolved["text_models"][1], resolved["image_models"][0]
+    assert minilm["pooling"] == "mean" and minilm["train"]["head_fit"] == "sgd"
+    assert effnet["augmentation"]["scale_min"] == 0.35 and effnet["model_args"] == {}

@@ -110,7 +110,10 @@ class StackingMetaModel(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.n_classes = n_classes
 
-    def _validate_params(self) -> None:
+    def _check_settings(self) -> None:
+        """The constructor's arguments, checked when :meth:`fit` uses them (scikit-learn's
+        estimators keep ``__init__`` free of validation, so ``set_params`` and cloning see
+        the values as given)."""
         if self.features not in STACK_FEATURES:
             raise ValueError(f"features must be one of {STACK_FEATURES}, got {self.features!r}")
         if not (np.isfinite(self.C) and self.C > 0):
@@ -130,7 +133,7 @@ class StackingMetaModel(ClassifierMixin, BaseEstimator):
             ValueError: columns not a multiple of ``n_classes``, NaN, values outside [0, 1],
                 label count differing from the row count, or labels out of range.
         """
-        self._validate_params()
+        self._check_settings()
         probs = _check_probability_block(X, "X")
         if probs.shape[1] % self.n_classes:
             raise ValueError(

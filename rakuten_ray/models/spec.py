@@ -1,20 +1,24 @@
 """Settings of one base model, as a config file gives them.
 
 Every model kind (:mod:`rakuten_ray.models.kinds`) has its own settings class, a subclass of
-:class:`ModelSpec`; a config entry is read into the class its ``kind`` names. Settings shared
-by every Ray Train model are in :class:`DeepModelSpec`.
+:class:`ModelSpec`; a config entry is read into the class its ``kind`` names
+(:mod:`rakuten_ray.models.entry`). Settings shared by every Ray Train model are in
+:class:`DeepModelSpec`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from pydantic import Field, model_validator
 
-class ConfigError(ValueError):
-    """A config file or override does not match the schema."""
+from rakuten_ray.models.settings import ConfigError, Real, RuleError, Section
 
+__all__ = [
+    "DEFAULT_PRECISION", "ConfigError", "DeepModelSpec", "ModelSpec", "Precision", "RuleError",
+    "Scaling", "TrainParams",
+]  # fmt: skip
 
 #: An immutable Hugging Face revision: a full commit hash.
 _COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
@@ -23,28 +27,27 @@ Precision = Literal["bf16", "fp16", "fp32"]
 DEFAULT_PRECISION: Precision = "bf16"
 
 
-@dataclass
-class TrainParams:
+class TrainParams(Section):
     """Optimisation settings of one deep model."""
 
-    epochs: int = 3
+    epochs: int = Field(3, ge=1)
     batch_size: int = 32
     eval_batch_size: int = 64
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    learning_rate: Real = 5e-5
+    weight_decay: Real = 0.01
+    warmup_ratio: Real = 0.1
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     patience: int = 2
-    label_smoothing: float = 0.0
-    grad_clip: float = 1.0
+    label_smoothing: Real = 0.0
+    grad_clip: Real = 1.0
     loader_workers: int = 0
     #: Learning rate of the pretrained backbone as a fraction of ``learning_rate``, which the
     #: freshly initialised classification head keeps: a small fraction adapts the pretrained
     #: features without wrecking them while the head is still random.
-    backbone_lr_scale: float = 1.0
+    backbone_lr_scale: Real = Field(1.0, gt=0, le=1)
     #: Leading epochs that train the head only (backbone frozen, its batch-norm statistics
     #: fixed); later epochs fine-tune everything. Equal to ``epochs``: a linear probe.
-    freeze_backbone_epochs: int = 0
+    freeze_backbone_epochs: int = Field(0, ge=0)
     #: Keep the backbone's batch-norm statistics at their pretrained values in every epoch
     #: (its scales and shifts still train): small batches of a small data set otherwise
     #: shift them away from what the pretrained layers expect.
@@ -57,51 +60,55 @@ class TrainParams:
     #: the validation log loss improves. Only kinds whose head is one linear layer fit it.
     head_fit: Literal["sgd", "probe"] = "sgd"
 
-    def check(self, key: str) -> None:
-        """Value ranges; ``key`` is this section's path in the config."""
-        if self.epochs < 1:
-            raise ConfigError(f"{key}.epochs: must be at least 1, got {self.epochs}")
-        if not 0.0 < self.backbone_lr_scale <= 1.0:
-            raise ConfigError(
-                f"{key}.backbone_lr_scale: must be in (0, 1], got {self.backbone_lr_scale}"
-            )
-        if not 0 <= self.freeze_backbone_epochs <= self.epochs:
-            raise ConfigError(
-                f"{key}.freeze_backbone_epochs: must be between 0 and epochs ({self.epochs}), "
-                f"got {self.freeze_backbone_epochs}"
+    @model_validator(mode="after")
+    def _head_only_epochs(self) -> TrainParams:
+        if self.freeze_backbone_epochs > self.epochs:
+            raise RuleError(
+                "freeze_backbone_epochs",
+                f"must be between 0 and epochs ({self.epochs}), got {self.freeze_backbone_epochs}",
             )
         if self.head_fit == "probe" and self.freeze_backbone_epochs < 1:
-            raise ConfigError(
-                f"{key}.head_fit: 'probe' fits the head in the first head-only epoch; "
-                f"freeze_backbone_epochs must be at least 1"
+            raise RuleError(
+                "head_fit",
+                "'probe' fits the head in the first head-only epoch; "
+                "freeze_backbone_epochs must be at least 1",
             )
+        return self
 
 
-@dataclass
-class Scaling:
+class Scaling(Section):
     """Resources of one model's training: Ray Train workers, or the Ray task's CPUs."""
 
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    cpus_per_worker: Real = 1.0
+    gpus_per_worker: Real = 0.0
     max_failures: int = 2
     #: Forward passes on a GPU, in training and in scoring: autocast to ``bf16`` or ``fp16``
     #: (training scales fp16 losses), or ``fp32`` throughout. A CPU always computes in fp32.
     precision: Precision = DEFAULT_PRECISION
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bf16_flag(cls, data: Any) -> Any:
+        """Bundles sealed with ``bf16: true|false`` (before ``precision``) still open: the
+        flag reads as ``precision: bf16|fp32``."""
+        if isinstance(data, dict) and "bf16" in data:
+            rest = {key: value for key, value in data.items() if key != "bf16"}
+            return {**rest, "precision": "bf16" if data["bf16"] is True else "fp32"}
+        return data
 
-@dataclass(kw_only=True)
-class ModelSpec:
-    """One base model slot: its name, its kind and the resources it trains with."""
+
+class ModelSpec(Section):
+    """One base model slot: its name, its kind and the resources it trains with.
+
+    A kind's settings class states its rules across fields in a ``model_validator`` that
+    raises :class:`RuleError` naming the setting.
+    """
 
     name: str
     kind: str
-    scaling: Scaling = field(default_factory=Scaling)
-
-    def check(self, key: str) -> None:
-        """Checks across fields, after each field's type is checked; ``key`` is this entry's
-        path in the config (``text_models[minilm]``)."""
+    scaling: Scaling = Field(default_factory=Scaling)
 
     def hub_source(self) -> str | None:
         """The model hub id this model downloads from, or ``None`` when it needs no hub."""
@@ -123,7 +130,6 @@ class ModelSpec:
         return None
 
 
-@dataclass(kw_only=True)
 class DeepModelSpec(ModelSpec):
     """A model fine-tuned with Ray Train.
 
@@ -132,14 +138,9 @@ class DeepModelSpec(ModelSpec):
     hub download to a commit.
     """
 
-    model: str
+    model: str = Field(min_length=1)
     revision: str | None = None
     #: After fusion is fitted: ``keep`` the weights trained on ``train``, or ``retrain`` on
     #: every labelled row with a small technical validation split.
     refit: Literal["keep", "retrain"] = "keep"
-    train: TrainParams = field(default_factory=TrainParams)
-
-    def check(self, key: str) -> None:
-        if not self.model:
-            raise ConfigError(f"{key}.model: required for kind {self.kind}")
-        self.train.check(f"{key}.train")
+    train: TrainParams = Field(default_factory=TrainParams)

@@ -7,7 +7,6 @@ image comes from the request instead of the image folder.
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,11 +28,11 @@ from rakuten_ray.training.report import TrainingReport
 def online_pool(pool: StagePool, serving: ServingParams) -> StagePool:
     """A batch stage's settings as a replica runs them: its CPUs and, unless ``null``, the
     serving micro-batch, in place of the batch engines' call shapes (token budget included)."""
-    pool = dataclasses.replace(pool, num_cpus=serving.num_cpus, num_gpus=serving.num_gpus)
+    pool = pool.model_copy(update={"num_cpus": serving.num_cpus, "num_gpus": serving.num_gpus})
     if serving.micro_batch_size is None:
         return pool
-    return dataclasses.replace(
-        pool, micro_batch_size=serving.micro_batch_size, tokens_per_call=None
+    return pool.model_copy(
+        update={"micro_batch_size": serving.micro_batch_size, "tokens_per_call": None}
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -47,7 +46,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "spec": dataclasses.asdict(spec),
+            "spec": spec.model_dump(),
             "train_table": str(train_table.resolve()),
             "val_table": str(val_table.resolve()),
             "seed": seed,

@@ -5,15 +5,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+from pydantic import Field, field_validator
 
 from rakuten_ray.models.packaged import PACKAGE_PREFIX
 from rakuten_ray.models.registry import DeepKind, Modality, register
-from rakuten_ray.models.spec import DEFAULT_PRECISION, ConfigError, DeepModelSpec, Precision
+from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, Precision, TrainParams
 from rakuten_ray.training.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
@@ -26,7 +26,18 @@ if TYPE_CHECKING:
 TEXT_HEADS = ("pre_classifier", "classifier")
 
 
-@dataclass(kw_only=True)
+class TextTrainParams(TrainParams):
+    """A text model's optimisation settings."""
+
+    @field_validator("head_fit")
+    @classmethod
+    def _no_probe_head(cls, head_fit: str) -> str:
+        # A text head is not always one linear layer (RoBERTa's is two): no exact fit.
+        if head_fit == "probe":
+            raise ValueError("only image models fit a probe head")
+        return head_fit
+
+
 class HfTextSpec(DeepModelSpec):
     """Settings of a Hugging Face text classifier.
 
@@ -36,19 +47,12 @@ class HfTextSpec(DeepModelSpec):
     """
 
     template: str = "{designation} [SEP] {description}"
-    max_length: int = 128
+    max_length: int = Field(128, ge=8)
     #: ``first``: the model's own head on the first token; ``mean``: masked mean of the
     #: tokens into a linear head (sentence encoders such as MiniLM).
     pooling: Literal["first", "mean"] = "first"
     markers: list[str] | None = None
-
-    def check(self, key: str) -> None:
-        # A text head is not always one linear layer (RoBERTa's is two): no exact fit.
-        if self.train.head_fit == "probe":
-            raise ConfigError(f"{key}.train.head_fit: only image models fit a probe head")
-        super().check(key)
-        if self.max_length < 8:
-            raise ConfigError(f"{key}.max_length: must be at least 8, got {self.max_length}")
+    train: TextTrainParams = Field(default_factory=TextTrainParams)
 
     def hub_source(self) -> str | None:
         local = self.model.startswith((PACKAGE_PREFIX, "/", ".")) or Path(self.model).exists()

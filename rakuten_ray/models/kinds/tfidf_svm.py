@@ -3,24 +3,23 @@ fitted inside a Ray task and refit on every labelled row for the bundle."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from rakuten_ray.models.registry import FitResult, Modality, ModelKind, register
+from rakuten_ray.models.settings import Real
 from rakuten_ray.models.spec import DEFAULT_PRECISION, ModelSpec, Precision
 
 if TYPE_CHECKING:
     from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
 
-@dataclass(kw_only=True)
 class TfidfSvmSpec(ModelSpec):
     """Settings of the TF-IDF + LinearSVC model (``scaling.cpus_per_worker``: its task's CPUs)."""
 
-    C: float = 0.2
+    C: Real = 0.2
     calibration_folds: int = 3
 
 

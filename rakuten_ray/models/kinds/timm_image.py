@@ -4,14 +4,15 @@ architecture) fine-tuned with Ray Train (:mod:`rakuten_ray.models.vision`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from pydantic import Field
 
 from rakuten_ray.models.registry import DeepKind, Modality, register
-from rakuten_ray.models.spec import DEFAULT_PRECISION, ConfigError, DeepModelSpec, Precision
+from rakuten_ray.models.settings import Real, Section
+from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, Precision
 from rakuten_ray.training.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
@@ -21,16 +22,14 @@ if TYPE_CHECKING:
     from rakuten_ray.models.vision import ImageClassifier
 
 
-@dataclass
-class Augmentation:
+class Augmentation(Section):
     """Train-time image augmentation (timm transform arguments)."""
 
-    hflip: float = 0.5
-    scale_min: float = 0.5
-    color_jitter: float = 0.2
+    hflip: Real = 0.5
+    scale_min: Real = 0.5
+    color_jitter: Real = 0.2
 
 
-@dataclass(kw_only=True)
 class TimmImageSpec(DeepModelSpec):
     """Settings of a timm image classifier.
 
@@ -41,14 +40,9 @@ class TimmImageSpec(DeepModelSpec):
     """
 
     pretrained: str | None = None
-    image_size: int = 224
-    model_args: dict[str, Any] = field(default_factory=dict)
-    augmentation: Augmentation = field(default_factory=Augmentation)
-
-    def check(self, key: str) -> None:
-        super().check(key)
-        if self.image_size < 16:
-            raise ConfigError(f"{key}.image_size: must be at least 16, got {self.image_size}")
+    image_size: int = Field(224, ge=16)
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    augmentation: Augmentation = Field(default_factory=Augmentation)
 
     def hub_source(self) -> str | None:
         return self.model if self.pretrained == "hub" else None
