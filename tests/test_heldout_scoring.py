@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_text_backbone
+from helpers import write_tiny_text_backbone
 from tiny_models import TINY_CONVNEXT_ARGS, TINY_IMAGE_SIZE
 
 from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES, CatalogueDir

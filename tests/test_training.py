@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_text_backbone
 from fault_injection import checkpoint_registered
+from helpers import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import config_from_dict, model_spec_from_dict
