@@ -147,5 +147,3 @@ def production_shaped_config(models: TinyProductionModels):
     from rakuten_ray.config import load_config
 
     return load_config(REPO_ROOT / "configs/production.yaml", models.overrides())
-
-

@@ -22,7 +22,8 @@ from rakuten_ray.models.transformer import (
     save_text_model,
 )
 from rakuten_ray.models.vision import save_image_model
-from rakuten_ray.synthetic import generate_catalogue, render_image
+from rakuten_ray.synthetic import generate_catalogue
+from rakuten_ray.synthetic_images import render_image
 from rakuten_ray.training.base_models import heldout_scores
 
 TEMPLATE = "[TITRE] {designation} [DESC] {description}"

@@ -12,13 +12,13 @@ from PIL import Image
 from rakuten_ray import catalog
 from rakuten_ray.synthetic import (
     CLASS_SHARES,
-    EMPTY_DESCRIPTION_RATE,
     Y_TEST_FILE,
     CatalogueSummary,
     allocate_counts,
     generate_catalogue,
-    render_image,
 )
+from rakuten_ray.synthetic_images import render_image
+from rakuten_ray.synthetic_text import EMPTY_DESCRIPTION_RATE
 
 TRAIN_ROWS = 400
 # 300 test rows give the test split its own unreadable image.
