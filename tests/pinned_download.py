@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import sys
 
+from rakuten_ray.models.image_backbones import create_image_model
 from rakuten_ray.models.transformer import create_text_model
-from rakuten_ray.models.vision import create_image_model
 
 text_id, image_arch, revision = sys.argv[1:4]
 _, text_model = create_text_model(text_id, revision=revision)

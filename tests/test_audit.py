@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import render_in_chromium, write_prediction_table
+from helpers import render_in_chromium, write_prediction_table
 
 from rakuten_ray.catalog import CATEGORY_NAMES, CLASS_CODES, X_TEST_FILE
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main

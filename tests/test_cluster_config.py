@@ -14,9 +14,10 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from helpers import REPO_ROOT
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
+CLUSTER_YAML = REPO_ROOT / "cluster.yaml"
 
 
 @pytest.fixture(scope="module")

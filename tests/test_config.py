@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO_ROOT
 
 from rakuten_ray.cli import main
 from rakuten_ray.config import (
@@ -24,7 +25,7 @@ from rakuten_ray.models.kinds.timm_image import TimmImageSpec
 from rakuten_ray.models.registry import kind_names
 from rakuten_ray.models.spec import TrainParams
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO_ROOT / "configs"
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_same_predictions
 from fault_injection import local_ray_workers, predictions_written, run_with_fault
+from helpers import assert_same_predictions
 from node_loss_run import REPORT_PREFIX
 
 from rakuten_ray.catalog import X_TEST_FILE

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import REPO_ROOT, write_tiny_text_backbone
+from helpers import REPO_ROOT, write_tiny_text_backbone
 from torch.nn.parallel import DistributedDataParallel
 
 from rakuten_ray.bundle import ModelEntry

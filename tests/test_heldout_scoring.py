@@ -9,19 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_text_backbone
+from helpers import write_tiny_text_backbone
 from tiny_models import TINY_CONVNEXT_ARGS, TINY_IMAGE_SIZE
 
 from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES, CatalogueDir
 from rakuten_ray.config import model_spec_from_dict
+from rakuten_ray.models.image_backbones import create_image_model
 from rakuten_ray.models.transformer import (
     TextClassifier,
     TextSettings,
     create_text_model,
     save_text_model,
 )
-from rakuten_ray.models.vision import create_image_model, save_image_model
-from rakuten_ray.synthetic import generate_catalogue, render_image
+from rakuten_ray.models.vision import save_image_model
+from rakuten_ray.synthetic import generate_catalogue
+from rakuten_ray.synthetic_images import render_image
 from rakuten_ray.training.base_models import heldout_scores
 
 TEMPLATE = "[TITRE] {designation} [DESC] {description}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT, assert_same_predictions, nullable_ints, read_predictions
+from helpers import REPO_ROOT, assert_same_predictions, nullable_ints, read_predictions
 from hostile_corpus import ALL_CASES, Corpus, expected_index, write_corpus
 
 from rakuten_ray.catalog import CLASS_CODES, X_COLUMNS, SchemaError

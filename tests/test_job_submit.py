@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 JOB_TIMEOUT_S = 600
 #: Kept out of the working-dir upload (most are also in .gitignore, which Ray honours).

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import production_shaped_config
+from helpers import production_shaped_config
 from tiny_models import TINY_CONVNEXT_ARGS, TinyProductionModels, write_tiny_roberta
 from transformers import AutoTokenizer
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import production_shaped_config
 from fault_injection import checkpoint_registered
+from helpers import production_shaped_config
 
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, Y_TRAIN_FILE
 from rakuten_ray.cli import main

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import skops.io as sio
+from helpers import REPO_ROOT
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from rakuten_ray.safe_io import UntrustedContentError, load_sklearn, save_sklearn
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / "rakuten_ray"
+PACKAGE_DIR = REPO_ROOT / "rakuten_ray"
 #: The one module allowed to call ``skops.io.load`` (it checks the types first).
 SAFE_IO = PACKAGE_DIR / "safe_io.py"
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_same_predictions, read_predictions
+from helpers import REPO_ROOT, assert_same_predictions, read_predictions
 
 from rakuten_ray.bundle import load_bundle, seal_bundle
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path, read_products
@@ -35,7 +35,6 @@ from rakuten_ray.layout import (
 from rakuten_ray.scoring.local import FinalPipeline
 from rakuten_ray.scoring.run import run_scoring
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Columns every predictions table carries, whichever engine wrote it.
 OUTPUT_COLUMNS = {
     "row", "index", "productid", "imageid", "prdtypecode", "confidence", "text_prdtypecode",

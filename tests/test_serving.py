@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import chromium, read_predictions
+from helpers import chromium, read_predictions
 from PIL import Image
 
 from rakuten_ray.catalog import CLASS_CODES, X_TEST_FILE, image_path

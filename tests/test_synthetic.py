@@ -10,15 +10,16 @@ import pytest
 from PIL import Image
 
 from rakuten_ray import catalog
+from rakuten_ray.data import read_json
 from rakuten_ray.synthetic import (
     CLASS_SHARES,
-    EMPTY_DESCRIPTION_RATE,
     Y_TEST_FILE,
     CatalogueSummary,
     allocate_counts,
     generate_catalogue,
-    render_image,
 )
+from rakuten_ray.synthetic_images import render_image
+from rakuten_ray.synthetic_text import EMPTY_DESCRIPTION_RATE
 
 TRAIN_ROWS = 400
 # 300 test rows give the test split its own unreadable image.
@@ -211,6 +212,17 @@ def _mean_blue_minus_red(code: int, count: int = 40) -> float:
 def test_images_carry_a_class_signal() -> None:
     # Pool images lean blue, old books lean brown, despite noise and ambiguous recipes.
     assert _mean_blue_minus_red(2583) > _mean_blue_minus_red(10) + 5
+
+
+def test_the_packaged_word_lists_and_looks_cover_every_class_and_name_known_pools() -> None:
+    vocabulary = read_json("synthetic_vocabulary.json")
+    looks = read_json("synthetic_looks.json")
+    codes = {str(code) for code in catalog.CLASS_CODES}
+    assert set(vocabulary["classes"]) == codes == set(looks["classes"])
+    for lists in vocabulary["classes"].values():
+        assert set(lists["families"]) <= set(vocabulary["families"])
+        assert all(lists[field] for field in ("nouns", "qualifiers", "brands", "units", "phrases"))
+    assert {recipe["tone"] for recipe in looks["classes"].values()} <= set(looks["tones"])
 
 
 @pytest.mark.parametrize(

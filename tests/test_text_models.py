@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_text_backbone
+from helpers import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, NUM_CLASSES, CatalogueDir, codes_to_indices
 from rakuten_ray.hashing import ChecksumError, sha256_file

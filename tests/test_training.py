@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_tiny_text_backbone
 from fault_injection import checkpoint_registered
+from helpers import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import config_from_dict, model_spec_from_dict
@@ -27,7 +27,8 @@ from rakuten_ray.models.spec import DeepModelSpec
 from rakuten_ray.models.transformer import TextClassifier, TextSettings
 from rakuten_ray.models.vision import load_image_model
 from rakuten_ray.splits import Splits, stratified_splits
-from rakuten_ray.synthetic import generate_catalogue, render_image
+from rakuten_ray.synthetic import generate_catalogue
+from rakuten_ray.synthetic_images import render_image
 from rakuten_ray.training.base_models import train_base_model
 from rakuten_ray.training.data import TrainingData, image_table, text_table, with_image_paths
 from rakuten_ray.training.deep import fit_deep_model

@@ -12,15 +12,17 @@ import torch
 from PIL import Image
 
 from rakuten_ray.hashing import ChecksumError
-from rakuten_ray.models.vision import (
+from rakuten_ray.models.image_backbones import (
     PACKAGED_IMAGE_WEIGHTS,
-    ImageClassifier,
     PretrainedWeightsError,
     create_image_model,
-    image_transforms,
-    load_image_model,
     load_packaged_state,
     packaged_weights_path,
+)
+from rakuten_ray.models.vision import (
+    ImageClassifier,
+    image_transforms,
+    load_image_model,
     save_image_model,
 )
 

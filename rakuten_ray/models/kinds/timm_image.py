@@ -61,7 +61,8 @@ class ImageTask(DeepTask):
         import torch
 
         from rakuten_ray.catalog import NUM_CLASSES
-        from rakuten_ray.models.vision import WEIGHTS_FILE, create_image_model, image_transforms
+        from rakuten_ray.models.image_backbones import create_image_model
+        from rakuten_ray.models.vision import WEIGHTS_FILE, image_transforms
 
         spec = self.spec
         pretrained = str(weights_from / WEIGHTS_FILE) if weights_from else spec.pretrained
