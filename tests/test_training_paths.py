@@ -37,8 +37,8 @@ pytestmark = pytest.mark.slow
 EARLY_STOPPED, RETRAINED = "camembert_large", "xlm_roberta"
 #: Epochs the early-stopped model may run; it stops after its first worse one.
 EARLY_EPOCHS = 4
-#: A constant learning rate the tiny encoder overshoots with: measured validation losses
-#: 3.78, 3.98, 4.23 in its first three epochs.
+#: A constant learning rate the tiny encoder overshoots with: its validation loss measured
+#: 3.61 after the first epoch, 3.90 after the second.
 DIVERGING_LEARNING_RATE = 0.1
 WEIGHTS_FILE = "model.safetensors"
 
