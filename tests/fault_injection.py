@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from rakuten_ray.layout import ScoringLayout
 
 #: Longest a disturbed run may take on a loaded 2-core machine.
 RUN_TIMEOUT_S = 600
+#: Process title of a Ray Train worker (one per worker of a run's group).
+TRAIN_WORKER = "ray::RayTrainWorker"
 
 
 def predictions_written(out: Path) -> bool:
@@ -94,3 +97,28 @@ def local_ray_workers(title: str) -> list[int]:
     pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
     raylets = {pid for pid in pids if _parent(pid) == os.getpid() and "raylet" in _title(pid)}
     return [pid for pid in pids if _parent(pid) in raylets and title in _title(pid)]
+
+
+def train_workers() -> list[int]:
+    """PIDs of the Ray Train workers of this process's local Ray instance."""
+    return local_ray_workers(TRAIN_WORKER)
+
+
+def checkpointed_with_workers(storage: Path, workers: int) -> bool:
+    """The run in ``storage`` has a registered checkpoint and ``workers`` workers running: a
+    worker killed now dies mid-run, after an epoch it can resume from."""
+    return checkpoint_registered(storage) and len(train_workers()) == workers
+
+
+def kill_train_worker() -> bool:
+    """SIGKILL one Ray Train worker (as a crash or an OOM kill would); under DDP the others
+    of its group are left to notice.
+
+    Returns:
+        Whether a worker was there to kill.
+    """
+    pids = train_workers()
+    if not pids:
+        return False
+    os.kill(max(pids), signal.SIGKILL)
+    return True
