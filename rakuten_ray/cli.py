@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rakuten_ray.bundle import BundleError
 from rakuten_ray.catalog import SchemaError
-from rakuten_ray.config import ConfigError
+from rakuten_ray.config import ConfigError, load_config
 from rakuten_ray.revisions import PIN_COMMAND, HubLookupError, pin_revisions, require_pinned
 
 EXIT_SCHEMA_ERROR = 2
@@ -50,14 +50,6 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rakuten_ray.config import load_config
-    from rakuten_ray.layout import RunLayout
-    from rakuten_ray.ray_session import ensure_ray
-    from rakuten_ray.training.data import load_training_data
-    from rakuten_ray.training.protocol import run_training
-    from rakuten_ray.training.report import format_summary, summary_rows
-    from rakuten_ray.training.resume import RunIdentity, check_resumable
-
     config = load_config(args.config, args.set)
     if not args.allow_unpinned:
         remedy = (
@@ -65,6 +57,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"to train from whatever the hub serves today"
         )
         require_pinned(config, str(args.config), remedy)
+    # The training stack (Ray, torch) takes seconds to import: not for a refused config.
+    from rakuten_ray.layout import RunLayout
+    from rakuten_ray.ray_session import ensure_ray
+    from rakuten_ray.training.data import load_training_data
+    from rakuten_ray.training.protocol import run_training
+    from rakuten_ray.training.report import format_summary, summary_rows
+    from rakuten_ray.training.resume import RunIdentity, check_resumable
+
     # Schema errors, and a run that cannot be resumed, surface before any folder or
     # cluster work.
     data = load_training_data(args.data)
