@@ -42,7 +42,7 @@ class Pin:
     commit: str
 
 
-def keyed_models(config: RunConfig) -> Iterator[tuple[str, ModelSpec]]:
+def _keyed_models(config: RunConfig) -> Iterator[tuple[str, ModelSpec]]:
     """Each base model with its key in messages (``text_models[minilm]``)."""
     for group in MODEL_GROUPS:
         for spec in getattr(config, group):
@@ -51,7 +51,7 @@ def keyed_models(config: RunConfig) -> Iterator[tuple[str, ModelSpec]]:
 
 def unpinned(config: RunConfig) -> list[str]:
     """Why each hub model of ``config`` is not pinned to a commit, one line per model."""
-    problems = (spec.check_pinned(key) for key, spec in keyed_models(config))
+    problems = (spec.check_pinned(key) for key, spec in _keyed_models(config))
     return [problem for problem in problems if problem]
 
 
@@ -118,7 +118,7 @@ def pin_revisions(config_path: Path, out: Path | None = None) -> list[Pin]:
         HubLookupError: see :func:`resolve_commit`; nothing is written then.
     """
     config = load_config(config_path, warn_unpinned=False)
-    pins = [_pin(key, spec) for key, spec in keyed_models(config) if spec.check_pinned(key)]
+    pins = [_pin(key, spec) for key, spec in _keyed_models(config) if spec.check_pinned(key)]
     commits = {pin.key: pin.commit for pin in pins}
     text = _with_revisions(config_path.read_text(), commits)
     target = config_path if out is None else out
@@ -188,6 +188,6 @@ def _scalar(commit: str) -> str:
 def _check_written(path: Path, commits: dict[str, str]) -> None:
     """The written config reads back valid, with each pinned model at its commit."""
     config = load_config(path, warn_unpinned=False)
-    for key, spec in keyed_models(config):
+    for key, spec in _keyed_models(config):
         if key in commits and getattr(spec, "revision", None) != commits[key]:
             raise ConfigError(f"{path}: {key}.revision did not read back as {commits[key]}")
