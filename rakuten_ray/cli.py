@@ -13,7 +13,8 @@ from pathlib import Path
 
 from rakuten_ray.bundle import BundleError
 from rakuten_ray.catalog import SchemaError
-from rakuten_ray.config import ConfigError
+from rakuten_ray.config import ConfigError, load_config
+from rakuten_ray.revisions import PIN_COMMAND, HubLookupError, pin_revisions, require_pinned
 
 EXIT_SCHEMA_ERROR = 2
 
@@ -49,7 +50,14 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rakuten_ray.config import load_config
+    config = load_config(args.config, args.set)
+    if not args.allow_unpinned:
+        remedy = (
+            f"pin them with `{PIN_COMMAND} --config {args.config}`, or pass --allow-unpinned "
+            f"to train from whatever the hub serves today"
+        )
+        require_pinned(config, str(args.config), remedy)
+    # The training stack (Ray, torch) takes seconds to import: not for a refused config.
     from rakuten_ray.layout import RunLayout
     from rakuten_ray.ray_session import ensure_ray
     from rakuten_ray.training.data import load_training_data
@@ -57,7 +65,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rakuten_ray.training.report import format_summary, summary_rows
     from rakuten_ray.training.resume import RunIdentity, check_resumable
 
-    config = load_config(args.config, args.set)
     # Schema errors, and a run that cannot be resumed, surface before any folder or
     # cluster work.
     data = load_training_data(args.data)
@@ -83,7 +90,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         args.bundle, args.input, args.images, args.out, engine=args.engine,
         overwrite=args.overwrite, resume=args.resume, overrides=tuple(args.set),
         address=args.address, rows_per_shard=shard_rows,
-        allow_missing_images=args.allow_missing_images,
+        allow_missing_images=args.allow_missing_images, refuse_unpinned=not args.allow_unpinned,
     )  # fmt: skip
     print(
         f"scored {summary.rows} rows ({summary.rows_scored_now} in this run) with the "
@@ -91,6 +98,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
         f"({summary.rows_per_second:.1f} rows/s); image status: {summary.image_status_counts}"
     )
     print(f"predictions: {args.out / 'predictions'}  submission: {args.out / 'submission.csv'}")
+    return 0
+
+
+def _cmd_pin_revisions(args: argparse.Namespace) -> int:
+    pins = pin_revisions(args.config, args.out)
+    for pin in pins:
+        requested = pin.requested or "default branch"
+        print(f"{pin.key}: {pin.repository} ({requested}) pinned to {pin.commit}")
+    target = args.config if args.out is None else args.out
+    print(f"wrote {target} ({len(pins)} revisions pinned now)")
     return 0
 
 
@@ -173,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the interrupted run in --out (same config and data)",
     )  # fmt: skip
     train.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    train.add_argument(
+        "--allow-unpinned", action="store_true",
+        help="train hub models that the config does not pin to a commit",
+    )  # fmt: skip
     train.set_defaults(handler=_cmd_train)
 
     score = commands.add_parser("score", help="score a catalogue with a model bundle")
@@ -192,8 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a scoring key, e.g. scoring.image.pool_size=2",
     )  # fmt: skip
     score.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
+    score.add_argument(
+        "--allow-unpinned", action="store_true",
+        help="score a bundle trained from hub models not pinned to a commit",
+    )  # fmt: skip
     score.add_argument("--rows-per-shard", type=int, default=None, help=argparse.SUPPRESS)
     score.set_defaults(handler=_cmd_score)
+
+    pin = commands.add_parser(
+        "pin-revisions", help="pin each hub model of a config to its current commit"
+    )
+    pin.add_argument("--config", required=True, type=Path, help="YAML run config")
+    pin.add_argument("--out", type=Path, help="write the pinned config here (default: in place)")
+    pin.set_defaults(handler=_cmd_pin_revisions)
 
     evaluate = commands.add_parser("evaluate", help="metrics and a report for predictions")
     evaluate.add_argument("--predictions", required=True, type=Path, help="scoring output")
@@ -252,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except (SchemaError, ConfigError, BundleError) as exc:
         print(f"rakuten-ray: input error: {exc}", file=sys.stderr)
+        return EXIT_SCHEMA_ERROR
+    except HubLookupError as exc:
+        print(f"rakuten-ray: hub error: {exc}", file=sys.stderr)
         return EXIT_SCHEMA_ERROR
 
 

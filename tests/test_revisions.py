@@ -1,18 +1,27 @@
 """A hub model pinned by ``revision`` loads that commit's weights, for Hugging Face text models
 and timm image models alike. The hub is simulated by an offline cache holding two commits of
 each repository (as a mirror or a warmed cache does); the loading code is the production one,
-in a fresh process so the cache settings apply."""
+in a fresh process so the cache settings apply. A bundle trained from a hub model without a
+commit scores only when allowed to."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 from tiny_models import write_tiny_roberta, write_tiny_timm
+
+from rakuten_ray.bundle import MANIFEST_FILE, open_bundle, seal_bundle
+from rakuten_ray.catalog import X_TEST_FILE
+from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
+from rakuten_ray.revisions import unpinned
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +69,40 @@ def test_each_revision_loads_its_own_weights(tmp_path: Path) -> None:
     assert loaded[0]["image_stem_sum"] != loaded[1]["image_stem_sum"]
     for got, want in zip(loaded, expected, strict=True):
         assert got["text_embedding_sum"] == pytest.approx(want, rel=1e-6)
+
+
+def _as_trained_from_the_hub(source: Path, bundle: Path, model: str) -> None:
+    """A copy of ``source`` whose config records its ``camembert_large`` as the hub model
+    ``model`` with no revision (its weights are the bundle's own), sealed again."""
+    shutil.copytree(source, bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    config = yaml.safe_load((bundle / "config.yaml").read_text())
+    entry = next(e for e in config["text_models"] if e["name"] == "camembert_large")
+    entry.update(model=model, revision=None)
+    (bundle / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    seal_bundle(bundle, manifest["training_data_sha256"], manifest["metrics"])
+
+
+def test_a_bundle_from_an_unpinned_hub_model_scores_only_when_allowed(
+    tiny_run: Path, tiny_catalogue: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny run's bundle, trained from local models, has nothing to pin. Recorded as
+    trained from an unpinned hub model it is refused, naming the model, before any output;
+    with ``--allow-unpinned`` it scores."""
+    assert unpinned(open_bundle(tiny_run / "bundle").config) == []
+    bundle = tmp_path / "bundle"
+    _as_trained_from_the_hub(tiny_run / "bundle", bundle, "almanach/camembert-large")
+    products = tmp_path / "products.csv"
+    pd.read_csv(tiny_catalogue / X_TEST_FILE, index_col=0).head(4).to_csv(products)
+    argv = [
+        "score", "--bundle", str(bundle), "--input", str(products),
+        "--images", str(tiny_catalogue / "images/image_test"), "--engine", "local",
+    ]  # fmt: skip
+    refused = tmp_path / "refused"
+    assert main([*argv, "--out", str(refused)]) == EXIT_SCHEMA_ERROR
+    err = capsys.readouterr().err
+    assert "text_models[camembert_large]" in err and "'almanach/camembert-large'" in err
+    assert not refused.exists()
+    scored = tmp_path / "scored"
+    assert main([*argv, "--out", str(scored), "--allow-unpinned"]) == 0
+    assert len(pd.read_csv(scored / "submission.csv", index_col=0)) == 4

@@ -185,14 +185,20 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], orig
     return all(k in state for k in head)
 
 
+def hub_repository(arch: str) -> str | None:
+    """The hub repository of timm's pretrained weights for ``arch`` (``None``: timm has none)."""
+    config = timm.models.get_pretrained_cfg(arch)
+    return config.hf_hub_id if config is not None and config.hf_hub_id else None
+
+
 def _hub_overlay(arch: str, revision: str | None) -> dict[str, str]:
     """timm's pretrained-config overlay that pins the weights' hub repository to ``revision``."""
     if revision is None:
         return {}
-    config = timm.models.get_pretrained_cfg(arch)
-    if config is None or not config.hf_hub_id:
+    repository = hub_repository(arch)
+    if repository is None:
         raise PretrainedWeightsError(f"{arch}: timm has no hub weights to pin to {revision!r}")
-    return {"hf_hub_id": f"{config.hf_hub_id}@{revision}"}
+    return {"hf_hub_id": f"{repository}@{revision}"}
 
 
 def create_image_model(

@@ -114,6 +114,11 @@ class ModelSpec(Section):
         """The model hub id this model downloads from, or ``None`` when it needs no hub."""
         return None
 
+    def hub_repository(self) -> str | None:
+        """The hub repository whose commits ``revision`` names: ``hub_source()``, unless the
+        kind's source is a name that its library maps to a repository."""
+        return self.hub_source()
+
     def check_pinned(self, key: str) -> str | None:
         """Why this model's download is not reproducible, or ``None`` when it is."""
         source = self.hub_source()

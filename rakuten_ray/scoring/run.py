@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from rakuten_ray.bundle import load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
-from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, ScoringLayout
+from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, BundleLayout, ScoringLayout
+from rakuten_ray.revisions import PIN_COMMAND, require_pinned
 from rakuten_ray.scoring.checks import (
     ScoringRecord,
     check_image_dir,
@@ -155,11 +156,13 @@ def run_scoring(
     address: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
     allow_missing_images: bool = False,
+    refuse_unpinned: bool = False,
 ) -> ScoringSummary:
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them).
 
     ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
-    ``out`` continues with the rows that have no prediction yet, from its staged shards.
+    ``out`` continues with the rows that have no prediction yet, from its staged shards. With
+    ``refuse_unpinned``, a bundle trained from a hub model not pinned to a commit is refused.
 
     Raises:
         SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
@@ -167,11 +170,18 @@ def run_scoring(
             on resume, another bundle or input than the interrupted run's. All before any
             model loads.
         BundleError: the bundle does not match its manifest.
+        UnpinnedModelsError: see ``refuse_unpinned``, before any model loads.
     """
     files = input_files(source)
     check_headers(files)
     # Every file is hashed here, before any work; each stage then hashes only what it loads.
     bundle = load_bundle(bundle_dir)
+    if refuse_unpinned:
+        remedy = (
+            f"the bundle was trained from them: retrain it from a config pinned by "
+            f"`{PIN_COMMAND}`, or pass --allow-unpinned to score with it as it is"
+        )
+        require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
     scoring = bundle.scoring(overrides)
     check_image_dir(Path(image_dir), needed=bool(bundle.fusion.image_models))
     layout = ScoringLayout(out)

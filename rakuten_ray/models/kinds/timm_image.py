@@ -47,6 +47,13 @@ class TimmImageSpec(DeepModelSpec):
     def hub_source(self) -> str | None:
         return self.model if self.pretrained == "hub" else None
 
+    def hub_repository(self) -> str | None:
+        if self.hub_source() is None:
+            return None
+        from rakuten_ray.models.image_backbones import hub_repository
+
+        return hub_repository(self.model)
+
 
 class ImageTask(DeepTask):
     """Fine-tuning a timm image classifier on images read with the safe loader."""
