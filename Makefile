@@ -33,7 +33,7 @@ test: lint browser
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
-# Benchmarks, never part of `make test`: about two hours on 2 cores at the default sizes (the
+# Benchmarks, never part of `make test`: over two hours on 2 cores at the default sizes (the
 # 100,000-row scaling run about 25 minutes, the 2,000-row throughput runs about 40). The first
 # run also trains two small bundles into benchmarks/.cache/. Tables on the terminal, numbers in benchmarks/results/*.json;
 # see docs/performance.md. Options for every script go in BENCH_ARGS (e.g.
@@ -41,6 +41,8 @@ test-fast: lint
 BENCH_ARGS ?=
 SCALING_ROWS ?= 10000 100000
 bench: setup
+	$(BIN)/python -u benchmarks/cpu_runtime.py $(BENCH_ARGS)
+	$(BIN)/python -u benchmarks/image_pipeline.py $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/scoring_throughput.py $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/scaling.py --rows $(SCALING_ROWS) $(BENCH_ARGS)
 	$(BIN)/python -u benchmarks/profile_stages.py $(BENCH_ARGS)
