@@ -43,9 +43,9 @@ import pandas as pd
 import torch
 
 from rakuten_ray.config import RunConfig, load_config
-from rakuten_ray.models.precision import autocast_dtype, dtype_for, precision_of
+from rakuten_ray.models.precision import autocast_dtype, dtype_for
 from rakuten_ray.models.registry import kind_of
-from rakuten_ray.models.runtime import label_agreement, max_prob_diff
+from rakuten_ray.models.runtime import forward_precision, label_agreement, max_prob_diff
 from rakuten_ray.models.spec import DeepModelSpec, Precision
 from rakuten_ray.synthetic import generate_catalogue
 from rakuten_ray.training.data import load_training_data
@@ -174,8 +174,7 @@ def score(
     started = time.perf_counter()
     logits = scorer.score_rows(rows)  # on the CPU: the GPU's work is done
     rows_per_s = len(rows) / (time.perf_counter() - started)
-    ran = precision_of(scorer.forward.autocast)
-    return Scored(logits, ran, rows_per_s, peak_memory_mib(device))
+    return Scored(logits, forward_precision(scorer), rows_per_s, peak_memory_mib(device))
 
 
 def agreement(checked: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
