@@ -33,6 +33,7 @@ from rakuten_ray.models.runtime import (
     TorchForward,
     check_exports,
     forward_precision,
+    heldout_comparison,
     max_prob_diff,
     select_forward,
 )
@@ -134,24 +135,23 @@ def test_the_check_measures_held_out_logits_of_either_precision_against_cpu_scor
     bf16 = HeldoutLogits(heldout.score_rows(rows), forward_precision(heldout))
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
 
-    records = {}
-    for logits in (fp32, bf16):
-        dest = tmp_path / logits.precision
-        shutil.copytree(text_model, dest)
-        scorer = kind.load_scorer(dest, device="cpu", runtime="torch")
-        record = check_exports(scorer, dest, rows, 0.995, False, heldout=logits)
-        assert RuntimeRecord(**json.loads((dest / RECORD_FILE).read_text())) == record
-        assert (record.file, record.scoring_precision) == (ONNX_FILE, "fp32")
-        assert record.heldout_precision == logits.precision
-        assert record.precision_matches == (logits.precision == "fp32")
-        # What CPU scoring computes: the export, loaded as the scoring stages load it.
-        scored = kind.load_scorer(dest, device="cpu").score_rows(rows)
-        stored = logits.logits.loc[scored.index].to_numpy()
-        assert record.heldout_max_prob_diff == max_prob_diff(stored, scored.to_numpy())
-        records[logits.precision] = record
-    assert records["fp32"].heldout_agreement >= 0.995
-    assert records["fp32"].heldout_max_prob_diff < 1e-5
-    assert records["bf16"].heldout_max_prob_diff > 10 * records["fp32"].heldout_max_prob_diff
+    dest = tmp_path / "model"
+    shutil.copytree(text_model, dest)
+    scorer = kind.load_scorer(dest, device="cpu", runtime="torch")
+    record = check_exports(scorer, dest, rows, 0.995, False, heldout=bf16)
+    assert RuntimeRecord(**json.loads((dest / RECORD_FILE).read_text())) == record
+    assert (record.file, record.scoring_precision) == (ONNX_FILE, "fp32")
+    assert (record.heldout_precision, record.precision_matches) == ("bf16", False)
+    # What CPU scoring computes: the export, loaded as the scoring stages load it.
+    scored = kind.load_scorer(dest, device="cpu").score_rows(rows)
+    stored = bf16.logits.loc[scored.index].to_numpy()
+    assert record.heldout_max_prob_diff == max_prob_diff(stored, scored.to_numpy())
+    assert record.heldout_agreement >= 0.95
+
+    same = heldout_comparison(fp32, scored, "fp32")
+    assert same["precision_matches"] is True and same["heldout_agreement"] >= 0.995
+    assert 0.0 < same["heldout_max_prob_diff"] < 1e-5
+    assert record.heldout_max_prob_diff > 10 * same["heldout_max_prob_diff"]
 
 
 def test_the_runtime_is_chosen_once_pytorch_on_a_gpu_or_when_asked(tmp_path: Path) -> None:
