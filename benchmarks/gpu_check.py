@@ -12,17 +12,23 @@ autocast at its ``scaling.precision`` (or ``--precision``), and is saved as the 
 it. Its kind's scorer then loads it on the GPU and on the CPU, and both score every row.
 Printed: each epoch's seconds and training rows/s, scoring rows/s on each device, peak GPU
 memory (``torch.cuda.max_memory_allocated``), and how well the GPU's predictions agree with
-the CPU's (share of equal labels, largest absolute probability difference).
+the CPU's (share of equal labels, largest absolute probability difference). That comparison is
+the one a bundle sealed on a GPU cluster records per model (``runtime.json``, ``heldout_*``):
+fusion is fitted on held-out logits computed at the GPU's precision, CPU nodes rescore in
+fp32. A GPU without bf16 (before Ampere) runs ``bf16`` as ``fp16``, and says so.
 
 Nothing here imports Ray: it runs on a bare GPU machine whose Python holds torch,
 transformers, timm, tokenizers, scikit-learn, pandas, pyarrow, pyyaml, safetensors and
 pillow. Without a visible CUDA device it refuses, exit status 2, before any work;
-``--device cpu`` runs the whole check on the CPU instead (the test suite does).
+``--device cpu`` runs the whole check on the CPU instead (the test suite does): training in
+fp32, as a CPU always trains, and scoring autocast to the model's precision on the CPU against
+fp32 on the CPU, so the reduced-precision path is still compared with another.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import platform
@@ -33,15 +39,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from rakuten_ray.config import RunConfig, load_config
-from rakuten_ray.metrics import softmax
-from rakuten_ray.models.precision import autocast_dtype
+from rakuten_ray.models.precision import autocast_dtype, dtype_for
 from rakuten_ray.models.registry import kind_of
-from rakuten_ray.models.spec import DeepModelSpec
+from rakuten_ray.models.runtime import forward_precision, label_agreement, max_prob_diff
+from rakuten_ray.models.spec import DeepModelSpec, Precision
 from rakuten_ray.synthetic import generate_catalogue
 from rakuten_ray.training.data import load_training_data
 from rakuten_ray.training.loop import prepare_training, run_epoch
@@ -135,30 +140,50 @@ def train(
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """One scoring pass over the rows."""
+
+    logits: pd.DataFrame
+    #: What its forward passes computed in (``fp32``, ``bf16``, ``fp16``).
+    precision: str
+    rows_per_s: float
+    peak_memory_mib: float | None
+
+
 def score(
     spec: DeepModelSpec,
     folder: Path,
     rows: pd.DataFrame,
     batch_size: int,
     device: torch.device,
-) -> tuple[pd.DataFrame, float, float | None]:
+    cpu_autocast: Precision | None = None,
+) -> Scored:
     """Logits of ``rows`` (those it can score) by the kind's scorer of the model in ``folder``
-    on ``device``, rows/s (after one warm-up batch) and peak GPU memory."""
-    scorer = kind_of(spec).load_scorer(folder, batch_size, spec.scaling.precision, str(device))
+    on ``device``, rows/s (after one warm-up batch) and peak GPU memory. ``cpu_autocast``: on
+    a CPU, what forward passes autocast to instead of fp32 (scoring never asks a CPU to; the
+    check does, to compare that path with fp32)."""
+    scorer = kind_of(spec).load_scorer(
+        folder, batch_size, spec.scaling.precision, str(device), runtime="torch"
+    )
+    if device.type == "cpu" and cpu_autocast is not None:
+        scorer.forward.autocast = dtype_for(cpu_autocast)
     scorer.score_rows(rows.iloc[:batch_size])  # kernels chosen, caches filled
     reset_peak_memory(device)
     started = time.perf_counter()
     logits = scorer.score_rows(rows)  # on the CPU: the GPU's work is done
-    return logits, len(rows) / (time.perf_counter() - started), peak_memory_mib(device)
+    rows_per_s = len(rows) / (time.perf_counter() - started)
+    return Scored(logits, forward_precision(scorer), rows_per_s, peak_memory_mib(device))
 
 
 def agreement(checked: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
-    """Share of rows given the same label, and the largest absolute probability difference."""
+    """Share of rows given the same label, and the largest absolute probability difference
+    (the measures of a bundle's export check)."""
     pd.testing.assert_index_equal(checked.index, reference.index)
-    ours, theirs = softmax(checked.to_numpy()), softmax(reference.to_numpy())
+    ours, theirs = checked.to_numpy(), reference.to_numpy()
     return {
-        "label_agreement": float(np.mean(ours.argmax(axis=1) == theirs.argmax(axis=1))),
-        "max_abs_prob_diff": float(np.abs(ours - theirs).max()),
+        "label_agreement": label_agreement(ours, theirs),
+        "max_abs_prob_diff": max_prob_diff(ours, theirs),
     }
 
 
@@ -184,8 +209,8 @@ def run_check(
         folder = scratch / "models" / name
         training = train(spec, kind.table(spec, labelled), device, folder)
         batch_size = batch_sizes[group]
-        checked, rows_per_s, peak = score(spec, folder, labelled, batch_size, device)
-        reference, cpu_rows_per_s, _ = score(spec, folder, labelled, batch_size, cpu)
+        checked = score(spec, folder, labelled, batch_size, device, spec.scaling.precision)
+        reference = score(spec, folder, labelled, batch_size, cpu)
         report[name] = {
             "kind": spec.kind,
             "precision": spec.scaling.precision,
@@ -193,10 +218,12 @@ def run_check(
             "scoring": {
                 "rows": len(labelled),
                 "batch_size": batch_size,
-                "rows_per_s": rows_per_s,
-                "cpu_rows_per_s": cpu_rows_per_s,
-                "peak_memory_mib": peak,
-                **agreement(checked, reference),
+                "checked": f"{checked.precision} on {device.type}",
+                "reference": f"{reference.precision} on cpu",
+                "rows_per_s": checked.rows_per_s,
+                "cpu_rows_per_s": reference.rows_per_s,
+                "peak_memory_mib": checked.peak_memory_mib,
+                **agreement(checked.logits, reference.logits),
             },
         }
     return report
@@ -230,15 +257,21 @@ def print_report(env: dict[str, Any], models: dict[str, Any]) -> None:
                 f"{epoch['epoch_seconds']:>9.2f}{epoch['train_rows_per_s']:>9.0f}"
                 f"{epoch['val_log_loss']:>9.3f}{_mib(training['peak_memory_mib']):>10}"
             )
-    print(f"\n{'scoring':<17}{'rows':>6}{'rows/s':>9}{'CPU rows/s':>11}{'peak MiB':>10}"
-          f"{'agreement':>11}{'max |dp|':>10}")  # fmt: skip
+    print(f"\n{'scoring':<17}{'rows':>6}{'checked':>13}{'rows/s':>9}{'reference':>12}"
+          f"{'rows/s':>9}{'peak MiB':>10}{'agreement':>11}{'max |dp|':>10}")  # fmt: skip
     for name, model in models.items():
         scoring = model["scoring"]
         print(
-            f"{name:<17}{scoring['rows']:>6}{scoring['rows_per_s']:>9.0f}"
-            f"{scoring['cpu_rows_per_s']:>11.0f}{_mib(scoring['peak_memory_mib']):>10}"
+            f"{name:<17}{scoring['rows']:>6}{scoring['checked']:>13}"
+            f"{scoring['rows_per_s']:>9.0f}{scoring['reference']:>12}"
+            f"{scoring['cpu_rows_per_s']:>9.0f}{_mib(scoring['peak_memory_mib']):>10}"
             f"{scoring['label_agreement']:>11.4f}{scoring['max_abs_prob_diff']:>10.2e}"
         )
+    print(
+        "\nagreement, max |dp|: the checked logits against the reference's; on a GPU, what a "
+        "bundle records of its held-out logits (fitted on at the GPU's precision) against "
+        "CPU rescoring (fp32)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

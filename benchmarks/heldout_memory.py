@@ -113,7 +113,7 @@ def measured_scoring(spec: Any, model_dir: Path, rows: pd.DataFrame) -> dict[str
         idle.sample()
         idle_worker_mib = idle.usage.peak_rss_bytes / max(len(idle._processes()), 1) / 2**20
         with TitledSampler(TASK_TITLE) as sampler:
-            scores = heldout_scores(spec, model_dir, rows)
+            scores, _ = heldout_scores(spec, model_dir, rows)
     finally:
         ray.shutdown()
     usage = sampler.usage.as_dict()

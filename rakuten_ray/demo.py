@@ -70,7 +70,8 @@ def run_demo(
         generate_catalogue(data, rows=rows, test_rows=test_rows, seed=seed)
     with clock.phase("start Ray"):
         ensure_ray()
-    with clock.phase(f"train (splits, {len(config.models())} base models, fusion, refit, export, bundle)"):
+    models = len(config.models())
+    with clock.phase(f"train (splits, {models} base models, fusion, refit, export, bundle)"):
         report = run_training(config, data, run.root, log=lambda line: print(f"  {line}"))
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(

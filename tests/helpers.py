@@ -91,12 +91,20 @@ CHROMIUM_FLAGS = [
 
 
 def chromium() -> str:
-    """Debian's headless Chromium; the test is skipped, saying why, where it is missing."""
+    """Debian's headless Chromium. Where it is missing the test fails under CI (``CI`` set, as
+    ``.ci/run`` runs), so pages are never left unrendered unnoticed; elsewhere it is skipped,
+    saying why."""
     import shutil
 
     found = shutil.which("chromium")
     if found is None:
-        pytest.skip("Chromium is not installed (make test installs Debian's chromium package)")
+        why = (
+            "Chromium is not installed: `apt-get install chromium` (Debian's package; "
+            "`make browser` and `make test` install it)"
+        )
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{why}; CI must render every page", pytrace=False)
+        pytest.skip(why)
     return found
 
 

@@ -27,10 +27,14 @@ from rakuten_ray.models.runtime import (
     INT8_FILE,
     ONNX_FILE,
     RECORD_FILE,
+    HeldoutLogits,
     OnnxForward,
     RuntimeRecord,
     TorchForward,
     check_exports,
+    forward_precision,
+    heldout_comparison,
+    max_prob_diff,
     select_forward,
 )
 from rakuten_ray.models.vision import load_image_model
@@ -118,6 +122,38 @@ def test_an_export_that_misses_the_agreement_is_not_kept(
     assert isinstance(scorer.forward, TorchForward)
 
 
+def test_the_check_measures_held_out_logits_of_either_precision_against_cpu_scoring(
+    text_model: Path, rows: pd.DataFrame, tmp_path: Path  # noqa: F811
+) -> None:
+    # Held-out logits as a CPU computes them (fp32, in other call sizes than the check's)
+    # and as bf16 autocast computes them (what a GPU cluster fits fusion on; here the CPU's
+    # own bf16 path).
+    kind = get_kind("hf_text")
+    heldout = kind.load_scorer(text_model, batch_size=4, device="cpu", runtime="torch")
+    fp32 = HeldoutLogits(heldout.score_rows(rows), forward_precision(heldout))
+    heldout.forward.autocast = torch.bfloat16
+    bf16 = HeldoutLogits(heldout.score_rows(rows), forward_precision(heldout))
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+
+    dest = tmp_path / "model"
+    shutil.copytree(text_model, dest)
+    scorer = kind.load_scorer(dest, device="cpu", runtime="torch")
+    record = check_exports(scorer, dest, rows, 0.995, False, heldout=bf16)
+    assert RuntimeRecord(**json.loads((dest / RECORD_FILE).read_text())) == record
+    assert (record.file, record.scoring_precision) == (ONNX_FILE, "fp32")
+    assert (record.heldout_precision, record.precision_matches) == ("bf16", False)
+    # What CPU scoring computes: the export, loaded as the scoring stages load it.
+    scored = kind.load_scorer(dest, device="cpu").score_rows(rows)
+    stored = bf16.logits.loc[scored.index].to_numpy()
+    assert record.heldout_max_prob_diff == max_prob_diff(stored, scored.to_numpy())
+    assert record.heldout_agreement >= 0.95
+
+    same = heldout_comparison(fp32, scored, "fp32")
+    assert same["precision_matches"] is True and same["heldout_agreement"] >= 0.995
+    assert 0.0 < same["heldout_max_prob_diff"] < 1e-5
+    assert record.heldout_max_prob_diff > 10 * same["heldout_max_prob_diff"]
+
+
 def test_the_runtime_is_chosen_once_pytorch_on_a_gpu_or_when_asked(tmp_path: Path) -> None:
     record = RuntimeRecord(ONNX_FILE, "fp32", 10, 1.0, 0.0)
     (tmp_path / RECORD_FILE).write_text(record.to_json())
@@ -150,6 +186,15 @@ def test_the_sealed_bundle_holds_checked_exports_that_scoring_verifies(
         assert (record.file is not None) == kept
         if kept:
             assert f"{folder}/{record.file}" in files
+        # Held-out logits computed on CPUs, rescored on CPUs: the same arithmetic, and the
+        # measured difference (other call sizes, and ONNX Runtime's kernels) recorded.
+        assert report.base_models[name].heldout_precision == "fp32"
+        assert (record.heldout_precision, record.scoring_precision) == ("fp32", "fp32")
+        assert record.precision_matches is True
+        assert record.heldout_agreement >= 0.99 and record.heldout_max_prob_diff < 1e-4
+        sealed = json.loads(bundle.verified(f"{folder}/{RECORD_FILE}").read_text())
+        assert RuntimeRecord(**sealed) == record
+    assert report.base_models["tfidf_svm"].heldout_precision is None
 
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_run / "bundle", copy)

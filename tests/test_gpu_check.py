@@ -57,5 +57,11 @@ def test_the_whole_check_runs_without_ray(tmp_path: Path) -> None:
         assert len(model["training"]["epochs"]) == 1
         scoring = model["scoring"]
         assert scoring["rows"] > 0
-        # The same scorer on the same device both times: identical scores.
-        assert scoring["label_agreement"] == 1.0 and scoring["max_abs_prob_diff"] == 0.0, name
+        # bf16 autocast against fp32, both on the CPU: two paths that must agree while bf16's
+        # rounding moves the probabilities (a path that ignored the precision would match
+        # fp32 exactly; a broken one would move them far). The tiny models, one epoch in,
+        # are close to uniform, so a difference of 1e-5 (measured) can swap near-tied top
+        # classes: one row in 64 of ConvNeXt's did.
+        assert (scoring["checked"], scoring["reference"]) == ("bf16 on cpu", "fp32 on cpu")
+        assert scoring["label_agreement"] >= 0.95, name
+        assert 0.0 < scoring["max_abs_prob_diff"] < 1e-3, name

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rakuten_ray.bundle import ModelEntry
 from rakuten_ray.config import ConfigError, StagePool, load_config, model_spec_from_dict
-from rakuten_ray.models.precision import autocast_dtype
+from rakuten_ray.models.precision import autocast_dtype, effective_precision, precision_of
 from rakuten_ray.models.registry import get_kind, kind_of
 from rakuten_ray.scoring import stages
 from rakuten_ray.training.loop import (
@@ -39,8 +39,35 @@ PRODUCTION = REPO_ROOT / "configs" / "production.yaml"
 def test_autocast_follows_the_precision_on_a_gpu_and_never_on_a_cpu(
     precision: Any, expected: torch.dtype | None
 ) -> None:
-    assert autocast_dtype(precision, torch.device("cuda")) == expected
+    assert autocast_dtype(precision, torch.device("cuda"), bf16_supported=True) == expected
     assert autocast_dtype(precision, torch.device("cpu")) is None
+    assert precision_of(expected) == precision
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "bf16_supported", "expected"),
+    [
+        ("bf16", "cuda", True, "bf16"), ("bf16", "cuda", False, "fp16"),
+        ("fp16", "cuda", False, "fp16"), ("fp32", "cuda", False, "fp32"),
+        ("bf16", "cpu", True, "fp32"), ("fp16", "cpu", True, "fp32"),
+    ],
+)  # fmt: skip
+def test_bf16_falls_back_to_fp16_on_a_gpu_without_it_and_a_cpu_runs_fp32(
+    precision: Any, device: str, bf16_supported: bool, expected: str
+) -> None:
+    assert effective_precision(precision, device, bf16_supported) == expected
+
+
+def test_a_gpu_without_bf16_autocasts_to_fp16_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert autocast_dtype("bf16", torch.device("cuda:0"), bf16_supported=False) == torch.float16
+    assert capsys.readouterr().err == (
+        "precision: cuda:0 has no bf16 arithmetic (compute capability below 8.0); forward "
+        "passes set to bf16 autocast to fp16 instead\n"
+    )
+    autocast_dtype("fp16", torch.device("cuda:0"), bf16_supported=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_a_models_precision_is_a_checked_config_key() -> None:

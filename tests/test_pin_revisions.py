@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import production_shaped_config
+from helpers import production_shaped_config
 from simulated_hub import SimulatedHub, serve_hub
 from tiny_models import TinyProductionModels
 

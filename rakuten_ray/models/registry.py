@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rakuten_ray.config import ExportParams, StagePool
-    from rakuten_ray.models.runtime import RuntimeRecord
+    from rakuten_ray.models.runtime import HeldoutLogits, RuntimeRecord
     from rakuten_ray.models.scorers import Scorer
     from rakuten_ray.training.tasks import DeepTask
 
@@ -115,11 +115,13 @@ class ModelKind(ABC):
         return {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0}
 
     def export(
-        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams
-    ) -> RuntimeRecord | None:
+        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams,
+        heldout_logits: HeldoutLogits | None = None,
+    ) -> RuntimeRecord | None:  # fmt: skip
         """Copy a trained folder into the bundle (every file of it, sealed by the manifest);
-        a kind with a faster CPU runtime adds its export, checked on ``heldout`` rows, and
-        returns what the check measured."""
+        a kind with a faster CPU runtime adds its export, checked on ``heldout`` rows (and
+        against ``heldout_logits``, the held-out logits of the same weights), and returns what
+        the check measured."""
         shutil.copytree(model_dir, dest)
         return None
 
@@ -146,8 +148,9 @@ class DeepKind(ModelKind):
                 "GPU": scaling.num_workers * gpus}  # fmt: skip
 
     def export(
-        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams
-    ) -> RuntimeRecord | None:
+        self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportParams,
+        heldout_logits: HeldoutLogits | None = None,
+    ) -> RuntimeRecord | None:  # fmt: skip
         """The folder, then its ONNX export where ``export.onnx`` is on
         (:func:`~rakuten_ray.models.runtime.check_exports`; int8 for kinds that allow it)."""
         super().export(model_dir, dest, heldout, params)
@@ -158,7 +161,9 @@ class DeepKind(ModelKind):
         scorer = self.load_scorer(dest, device="cpu", runtime="torch")
         rows = evenly_spread(heldout, params.check_rows(self.modality.value))
         try_int8 = self.quantizable and params.int8_text
-        return check_exports(scorer, dest, rows, params.min_agreement, try_int8)
+        return check_exports(
+            scorer, dest, rows, params.min_agreement, try_int8, heldout=heldout_logits
+        )
 
     @abstractmethod
     def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:

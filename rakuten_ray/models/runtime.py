@@ -7,7 +7,9 @@ runtime"). So when a bundle is sealed, each deep model is also exported to ONNX
 (:func:`export_runtime`, called by the model's kind): ``model.onnx`` in fp32 and, where its
 kind allows it and the held-out labels agree, an int8 copy. ``runtime.json`` names the file
 scoring loads and what the check measured; all of them are bundle files, hashed by the
-manifest like every other.
+manifest like every other. The check also compares the held-out logits that fusion was fitted
+on, computed at whatever precision held-out scoring ran (bf16 on a GPU cluster), with what CPU
+scoring computes on the same rows, and records both precisions.
 
 A scorer's forward passes are one :data:`Forward`: a mapping of named CPU tensors in, float32
 logits out. :func:`select_forward` chooses once per scorer: ONNX Runtime where the model runs
@@ -24,7 +26,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -59,6 +61,13 @@ class TorchForward:
         self.module = module.to(device, memory_format=self.memory_format).eval()
         self.device = device
         self.autocast = autocast
+
+    @property
+    def precision(self) -> str:
+        """What its forward passes compute in: ``fp32``, ``bf16`` or ``fp16``."""
+        from rakuten_ray.models.precision import precision_of
+
+        return precision_of(self.autocast)
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
         import torch
@@ -96,6 +105,8 @@ class OnnxForward:
             str(path), options, providers=["CPUExecutionProvider"]
         )
         self.names = [item.name for item in self.session.get_inputs()]
+        #: What its forward passes compute in: the int8 copy's weights, else fp32.
+        self.precision = "int8" if path.name == INT8_FILE else "fp32"
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
         feeds = {name: np.ascontiguousarray(inputs[name].numpy()) for name in self.names}
@@ -125,9 +136,36 @@ class RuntimeRecord:
     #: The same for the int8 copy (``None``: not tried). Dynamic quantisation scales each
     #: call's activations by their range over the whole call, so its rows interact.
     int8_row_independent: bool | None = None
+    #: What CPU scoring computes in: the kept export's precision, else fp32 (PyTorch).
+    scoring_precision: str | None = None
+    #: What the held-out logits that fusion was fitted on computed in, as held-out scoring
+    #: ran: ``fp32`` on a CPU, ``bf16`` or ``fp16`` on a GPU (``None``: not compared, as when
+    #: the model was retrained on every row after fusion).
+    heldout_precision: str | None = None
+    #: Whether those two are the same arithmetic.
+    precision_matches: bool | None = None
+    #: Share of the checked rows whose label the held-out logits give as CPU scoring does.
+    heldout_agreement: float | None = None
+    #: Largest difference of a class probability between the held-out logits and CPU scoring.
+    heldout_max_prob_diff: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+
+@dataclass(frozen=True)
+class HeldoutLogits:
+    """The held-out logits that fusion was fitted on, by row index, and what they computed in
+    (:func:`forward_precision`)."""
+
+    logits: pd.DataFrame
+    precision: str
+
+
+def forward_precision(scorer: object) -> str | None:
+    """What a scorer's forward passes compute in (``fp32``, ``bf16``, ``fp16``, ``int8``);
+    ``None`` for a scorer without them (scikit-learn's)."""
+    return getattr(getattr(scorer, "forward", None), "precision", None)
 
 
 def read_record(folder: Path) -> RuntimeRecord | None:
@@ -245,6 +283,20 @@ def evenly_spread(rows: pd.DataFrame, count: int) -> pd.DataFrame:
     return rows.iloc[np.linspace(0, len(rows) - 1, count).round().astype(int)]
 
 
+def heldout_comparison(
+    heldout: HeldoutLogits, scored: pd.DataFrame, scoring_precision: str
+) -> dict[str, Any]:
+    """The :class:`RuntimeRecord` fields that compare the held-out logits with CPU scoring's
+    logits ``scored`` of the same rows."""
+    stored = heldout.logits.loc[scored.index].to_numpy()
+    return {
+        "heldout_precision": heldout.precision,
+        "precision_matches": heldout.precision == scoring_precision,
+        "heldout_agreement": label_agreement(stored, scored.to_numpy()),
+        "heldout_max_prob_diff": max_prob_diff(stored, scored.to_numpy()),
+    }
+
+
 def check_exports(
     scorer: Exportable,
     folder: Path,
@@ -252,6 +304,7 @@ def check_exports(
     min_agreement: float,
     try_int8: bool,
     num_threads: int = 1,
+    heldout: HeldoutLogits | None = None,
 ) -> RuntimeRecord:
     """Export a model in ``folder`` to ONNX and check it against PyTorch on ``rows``.
 
@@ -260,13 +313,19 @@ def check_exports(
     share its calls (checked by scoring the rows again in reverse order): an export whose
     rows interact would break the engines' byte-identical output. With ``try_int8``, an int8
     copy replaces it when it passes both checks too. ``runtime.json`` records what was
-    measured and names the file scoring loads, or none (scoring stays on PyTorch).
+    measured and names the file scoring loads, or none (scoring stays on PyTorch). With
+    ``heldout`` (this model's held-out logits, computed by the same weights), it also records
+    how far what CPU scoring computes on ``rows`` lies from those logits, and whether both
+    ran at the same precision.
 
     Returns:
         The record written.
     """
+    import pandas as pd
+
     scorer.export_onnx(folder / ONNX_FILE)
-    expected = scorer.score_rows(rows).to_numpy()
+    reference = scorer.score_rows(rows)
+    expected = reference.to_numpy()
 
     def scored_with(file: str) -> tuple[np.ndarray, bool]:
         """An export's logits of ``rows``, and whether reversing the rows left them as is."""
@@ -276,6 +335,7 @@ def check_exports(
         return forward.to_numpy(), bool(np.array_equal(forward.to_numpy(), backward.to_numpy()))
 
     fp32, independent = scored_with(ONNX_FILE)
+    logits = {ONNX_FILE: fp32}
     record = RuntimeRecord(
         ONNX_FILE, "fp32", len(expected), label_agreement(expected, fp32),
         max_prob_diff(expected, fp32), row_independent=independent,
@@ -287,6 +347,7 @@ def check_exports(
         int8, int8_independent = scored_with(
             quantize_int8(folder / ONNX_FILE, folder / INT8_FILE).name
         )
+        logits[INT8_FILE] = int8
         record = replace(
             record, int8_agreement=label_agreement(expected, int8),
             int8_row_independent=int8_independent,
@@ -296,5 +357,11 @@ def check_exports(
             record = replace(record, file=INT8_FILE, precision="int8")
         else:
             remove_export(folder / INT8_FILE)
+    record = replace(record, scoring_precision=record.precision or "fp32")
+    if heldout is not None:
+        # Without a kept export, CPU scoring runs PyTorch in fp32: the reference itself.
+        kept = logits[record.file] if record.file is not None else expected
+        scored = pd.DataFrame(kept, index=reference.index)
+        record = replace(record, **heldout_comparison(heldout, scored, record.scoring_precision))
     (folder / RECORD_FILE).write_text(record.to_json())
     return record

@@ -17,6 +17,7 @@ import ray
 
 from rakuten_ray.config import StagePool
 from rakuten_ray.models.registry import FitResult, Modality, get_kind, kind_of
+from rakuten_ray.models.runtime import forward_precision
 from rakuten_ray.models.scorers import ImageScorer, TextScorer
 from rakuten_ray.models.spec import ModelSpec, Precision
 
@@ -32,6 +33,9 @@ class BaseModelRun:
     fit: FitResult
     heldout_scores: pd.DataFrame
     seconds: float
+    #: What the held-out scores' forward passes computed in (``fp32`` on a CPU, ``bf16`` or
+    #: ``fp16`` on a GPU); ``None`` for a model without forward passes (TF-IDF).
+    heldout_precision: str | None = None
 
     @property
     def model_dir(self) -> Path:
@@ -41,21 +45,26 @@ class BaseModelRun:
 @ray.remote
 def _score_rows(
     kind: str, folder: str, precision: Precision, pool: StagePool | None, rows: pd.DataFrame
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, str | None]:
     """Logits of one shard of held-out rows, by the scorer that the scoring stages load (at
-    the model's precision and with the pool's call sizes, as they load it)."""
+    the model's precision and with the pool's call sizes, as they load it), and what its
+    forward passes computed in on this worker's device."""
     model = get_kind(kind)
     if pool is None:
-        return model.load_scorer(Path(folder), precision=precision).score_rows(rows)
-    return model.load_for_pool(Path(folder), pool, precision).score_rows(rows)
+        scorer = model.load_scorer(Path(folder), precision=precision)
+    else:
+        scorer = model.load_for_pool(Path(folder), pool, precision)
+    return scorer.score_rows(rows), forward_precision(scorer)
 
 
 def heldout_scores(
     spec: ModelSpec, model_dir: Path, rows: pd.DataFrame, pool: StagePool | None = None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, str | None]:
     """Logits of ``rows`` by a trained model, indexed like ``rows`` (image models score only
-    rows with a usable image). ``pool``: the scoring stage whose call sizes the bundle will
-    score with (the kind's defaults when ``None``).
+    rows with a usable image), and what they computed in (``fp32`` on a CPU; on a GPU the
+    model's precision, ``fp16`` for ``bf16`` where the GPU lacks it; shards that ran
+    differently are joined with ``+``). ``pool``: the scoring stage whose call sizes the
+    bundle will score with (the kind's defaults when ``None``).
 
     A model trained on N workers scores in N Ray tasks, each with one worker's CPUs and GPU
     and a contiguous shard of the rows, so a model trained on 4 GPUs scores on 4; the shards'
@@ -75,7 +84,9 @@ def heldout_scores(
         )
         for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    return pd.concat(ray.get(refs))
+    shards = ray.get(refs)
+    ran = sorted({precision for _, precision in shards if precision is not None})
+    return pd.concat(logits for logits, _ in shards), "+".join(ran) or None
 
 
 def train_base_model(
@@ -100,5 +111,6 @@ def train_base_model(
     """
     started = time.perf_counter()
     fit = kind_of(spec).fit(spec, train, val, work_dir, seed)
-    scores = heldout_scores(spec, fit.model_dir, heldout, pool)
-    return BaseModelRun(spec, fit, scores, seconds=time.perf_counter() - started)
+    scores, precision = heldout_scores(spec, fit.model_dir, heldout, pool)
+    seconds = time.perf_counter() - started
+    return BaseModelRun(spec, fit, scores, seconds, heldout_precision=precision)

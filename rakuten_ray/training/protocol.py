@@ -29,7 +29,7 @@ from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_m
 from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.models.registry import Modality, kind_of
-from rakuten_ray.models.runtime import RuntimeRecord
+from rakuten_ray.models.runtime import HeldoutLogits, RuntimeRecord
 from rakuten_ray.models.spec import ModelSpec
 from rakuten_ray.phases import PhaseClock
 from rakuten_ray.splits import Splits, stratified_splits
@@ -252,10 +252,16 @@ def refit_base_models(
 
 
 def export_models(
-    config: RunConfig, bundle: BundleLayout, final_dirs: dict[str, Path], rows: RunRows, log: Log
+    config: RunConfig,
+    bundle: BundleLayout,
+    final_dirs: dict[str, Path],
+    rows: RunRows,
+    log: Log,
+    runs: dict[str, BaseModelRun],
 ) -> dict[str, RuntimeRecord]:
     """Copy each model into a new bundle folder with its CPU runtime export, checked on its
-    modality's held-out rows; returns what each check measured."""
+    modality's held-out rows, and against the held-out logits fusion was fitted on where the
+    bundle keeps the weights that computed them; returns what each check measured."""
     if bundle.root.exists():
         shutil.rmtree(bundle.root)
     (bundle.root / BundleLayout.MODELS).mkdir(parents=True)
@@ -264,7 +270,10 @@ def export_models(
         kind = kind_of(spec)
         heldout = rows.by_modality[kind.modality].heldout
         dest = bundle.path(BundleLayout.model(spec.name))
-        record = kind.export(final_dirs[spec.name], dest, heldout, config.export)
+        run = runs[spec.name]
+        kept = final_dirs[spec.name] == run.model_dir and run.heldout_precision is not None
+        fitted_on = HeldoutLogits(run.heldout_scores, run.heldout_precision) if kept else None
+        record = kind.export(final_dirs[spec.name], dest, heldout, config.export, fitted_on)
         if record is not None:
             runtimes[spec.name] = record
             int8 = "not tried" if record.int8_agreement is None else f"{record.int8_agreement:.2%}"
@@ -273,6 +282,12 @@ def export_models(
                 f"as PyTorch's on {record.fp32_agreement:.2%} of {record.checked_rows} "
                 f"held-out rows (fp32 export), {int8} (int8 copy)"
             )
+            if record.heldout_precision is not None:
+                log(
+                    f"{spec.name}: held-out logits at {record.heldout_precision}, CPU scoring at "
+                    f"{record.scoring_precision}: labels alike on {record.heldout_agreement:.2%}"
+                    f", probabilities within {record.heldout_max_prob_diff:.1e}"
+                )
     return runtimes
 
 
@@ -327,6 +342,7 @@ def _model_report(spec: ModelSpec, run: BaseModelRun, fit: ModalityFit) -> BaseM
         train_seconds=run.seconds,
         epochs=run.fit.history,
         best_epoch=run.fit.best_epoch,
+        heldout_precision=run.heldout_precision,
     )
 
 
@@ -422,7 +438,7 @@ def run_training(
     with timer.phase("refit"):
         final_dirs = refit_base_models(config, runs, rows, layout)
     with timer.phase("export"):
-        runtimes = export_models(config, layout.bundle, final_dirs, rows, log)
+        runtimes = export_models(config, layout.bundle, final_dirs, rows, log, runs)
     report = dataclasses.replace(build_report(config, runs, fusion, rows, timer), runtimes=runtimes)
     fingerprint = data_fingerprint(data.labelled[[*X_COLUMNS, LABEL_COLUMN]])
     seal_run_bundle(config, layout.bundle, fusion, fingerprint, report)

@@ -55,6 +55,9 @@ class BaseModelReport:
     #: Per-epoch metrics of a model trained by epochs (empty for the TF-IDF model).
     epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int | None = None
+    #: What the held-out logits fusion was fitted on computed in: ``fp32`` on a CPU, ``bf16``
+    #: or ``fp16`` on a GPU (``None``: a model without forward passes, TF-IDF).
+    heldout_precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class TrainingReport:
     phase_seconds: dict[str, float]
     seconds: float
     #: Each deep model's CPU runtime export and its check against PyTorch (none: scoring
-    #: runs that model on PyTorch).
+    #: runs that model on PyTorch), with the precision of each and of the held-out logits.
     runtimes: dict[str, RuntimeRecord] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -152,6 +152,7 @@ def record_finished(layout: RunLayout, run: BaseModelRun) -> None:
         "history": run.fit.history,
         "best_epoch": run.fit.best_epoch,
         "seconds": run.seconds,
+        "heldout_precision": run.heldout_precision,
         "files": {
             p.relative_to(root).as_posix(): sha256_file(p) for p in _files(layout, name, run.fit)
         },
@@ -178,4 +179,5 @@ def finished_run(layout: RunLayout, spec: ModelSpec) -> tuple[BaseModelRun | Non
             return None, f"{rel} changed since it was recorded"
     scores = pd.read_parquet(layout.heldout_scores(spec.name))
     scores.columns = scores.columns.astype(int)  # saved with string names (Parquet)
-    return BaseModelRun(spec, fit, scores, record["seconds"]), "finished and checked"
+    precision = record.get("heldout_precision")
+    return BaseModelRun(spec, fit, scores, record["seconds"], precision), "finished and checked"
