@@ -13,7 +13,7 @@ from typing import Any
 from rakuten_ray.catalog import IMAGE_SUBDIRS, X_TEST_FILE
 from rakuten_ray.config import load_config
 from rakuten_ray.layout import RunLayout, ScoringLayout
-from rakuten_ray.phases import PhaseClock
+from rakuten_ray.lifecycle import PhaseClock
 from rakuten_ray.training.report import (
     SUMMARY_HEADER,
     Scores,
