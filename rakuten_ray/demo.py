@@ -74,7 +74,7 @@ def run_demo(
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(
             run.bundle.root, data / X_TEST_FILE, data / IMAGE_SUBDIRS["test"], scores,
-            engine="ray", overwrite=True,
+            engine="ray", overwrite=True, log=lambda line: print(f"  {line}"),
         )  # fmt: skip
     with clock.phase("evaluate and write the report"):
         evaluation = compute_evaluation(scores, data / Y_TEST_FILE, pages, run.root)

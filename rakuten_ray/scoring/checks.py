@@ -86,8 +86,8 @@ def check_images_found(
 BUNDLE_INPUT, SOURCE_INPUT, IMAGES_INPUT = "--bundle", "--input", "--images"
 #: The scoring settings that change a row's output, by stage pool: the rows or tokens per
 #: model call, the runtime of the deep models' forward passes, their threads (kernels may
-#: round differently with another count) and whether the pool has a GPU (PyTorch and
-#: autocast there). Everything else changes how the work is cut or whether a run starts,
+#: round differently with another count) and its GPUs (a pool with one runs PyTorch, with
+#: autocast). Everything else changes how the work is cut or whether a run starts,
 #: never a row's output: pool sizes, ``batch_size``, ``rows_per_output_file``,
 #: ``max_missing_image_share`` and ``--allow-missing-images``, the image preparation pool
 #: (decoding is exact, its crops are the bundle's) and the fusion pool's resources (its
