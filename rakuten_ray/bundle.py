@@ -20,8 +20,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from rakuten_ray.config import RunConfig, ScoringParams, load_config
 from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import BundleLayout
@@ -55,13 +53,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def data_fingerprint(frame: pd.DataFrame) -> str:
-    """sha256 over the training rows' index, ids, text and labels, in a fixed order."""
-    ordered = frame.sort_index()
-    hashed = pd.util.hash_pandas_object(ordered, index=True).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()
-
-
 def _bundle_files(root: Path) -> list[str]:
     """Relative paths of every file under ``root`` except the manifest, sorted."""
     return sorted(
@@ -84,7 +75,11 @@ def _digest(path: Path) -> str:
 
 
 def seal_bundle(root: Path, data_sha256: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``manifest.json`` for the files now in ``root``; returns the manifest."""
+    """Write ``manifest.json`` for the files now in ``root``; returns the manifest.
+
+    ``data_sha256`` is the training data's fingerprint, as the run recorded it
+    (:func:`rakuten_ray.lifecycle.data_fingerprint`).
+    """
     for rel in _bundle_files(root):
         if (root / rel).is_symlink():
             raise BundleError(f"{root / rel}: symbolic links are not allowed in a bundle")

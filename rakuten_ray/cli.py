@@ -14,6 +14,7 @@ from pathlib import Path
 from rakuten_ray.bundle import BundleError
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ConfigError, load_config
+from rakuten_ray.lifecycle import ResumeError
 from rakuten_ray.revisions import PIN_COMMAND, HubLookupError, pin_revisions, require_pinned
 
 EXIT_SCHEMA_ERROR = 2
@@ -63,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rakuten_ray.training.data import load_training_data
     from rakuten_ray.training.protocol import run_training
     from rakuten_ray.training.report import format_summary, summary_rows
-    from rakuten_ray.training.resume import RunIdentity, check_resumable
+    from rakuten_ray.training.resume import check_resumable, training_record
 
     # Schema errors, and a run that cannot be resumed, surface before any folder or
     # cluster work.
@@ -71,7 +72,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.overwrite:
             raise SchemaError("--resume continues the run in --out; --overwrite replaces it")
-        check_resumable(RunLayout(args.out), RunIdentity.of(config, data))
+        check_resumable(RunLayout(args.out), training_record(config, data))
     else:
         _prepare_out_dir(args.out, args.overwrite)
     ensure_ray(args.address)
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (SchemaError, ConfigError, BundleError) as exc:
+    except (SchemaError, ConfigError, BundleError, ResumeError) as exc:
         print(f"rakuten-ray: input error: {exc}", file=sys.stderr)
         return EXIT_SCHEMA_ERROR
     except HubLookupError as exc:

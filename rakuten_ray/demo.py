@@ -14,7 +14,7 @@ from typing import Any
 from rakuten_ray.catalog import IMAGE_SUBDIRS, X_TEST_FILE
 from rakuten_ray.config import load_config
 from rakuten_ray.layout import RunLayout, ScoringLayout
-from rakuten_ray.phases import PhaseClock
+from rakuten_ray.lifecycle import PhaseClock
 from rakuten_ray.training.report import (
     SUMMARY_HEADER,
     Scores,
@@ -76,7 +76,7 @@ def run_demo(
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(
             run.bundle.root, data / X_TEST_FILE, data / IMAGE_SUBDIRS["test"], scores,
-            engine="ray", overwrite=True,
+            engine="ray", overwrite=True, log=lambda line: print(f"  {line}"),
         )  # fmt: skip
     with clock.phase("evaluate and write the report"):
         evaluation = compute_evaluation(scores, data / Y_TEST_FILE, pages, run.root)

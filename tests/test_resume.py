@@ -120,10 +120,10 @@ def test_a_killed_training_driver_resumes_to_the_uninterrupted_result(
 
     # Another config or other data: refused before any work, naming what differs.
     assert main(train_args(small_config, tiny_catalogue, run, "--resume", "--set", "seed=7")) == 2
-    assert "seed: 42 then, 7 now" in capsys.readouterr().err
+    assert "seed: was 42, now 7" in capsys.readouterr().err
     other_data = changed_labels_copy(tiny_catalogue, tmp_path / "other_data")
     assert main(train_args(small_config, other_data, run, "--resume")) == 2
-    assert "training data differs" in capsys.readouterr().err
+    assert "--data: was " in capsys.readouterr().err
     assert main(train_args(small_config, tiny_catalogue, run, "--resume", "--overwrite")) == 2
     capsys.readouterr()
 

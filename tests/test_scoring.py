@@ -340,6 +340,9 @@ def _check_resumed(out: Path, interrupted: Path, baseline: Path, case: ScoringCa
     assert summary["rows"] == len(case.raw)
     assert summary["rows_scored_now"] == len(case.raw) - already
     assert summary["rows_staged_now"] == 0  # the interrupted run's staged shards were reused
+    assert list(summary["phase_seconds"]) == [
+        "check inputs", "run record", "stage", "check images", "score", "finish",
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -353,6 +356,8 @@ def test_resume_after_kill_local(
     # A torn file (as a crash while writing would leave) is discarded, its rows rescored.
     (ScoringLayout(out).predictions / "local-torn.parquet").write_bytes(b"PAR1 torn")
     argv = _score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")
+    # Neither changes a row's output, so the resume accepts them.
+    argv += ["--allow-missing-images", "--set=scoring.text.batch_size=7"]
     assert main(argv) == 0
     _check_resumed(out, interrupted_out, local_out, case)
 
@@ -390,7 +395,7 @@ def test_resume_refuses_another_bundle_or_input(
     other_bundle = _resealed_copy(tiny_run / "bundle", tmp_path / "other_bundle")
     argv = _score_argv(other_bundle, case, out, "--engine", "local", "--resume")
     assert main(argv) == EXIT_SCHEMA_ERROR
-    assert "scored with bundle" in capsys.readouterr().err
+    assert "--bundle: was " in capsys.readouterr().err
 
     changed = tmp_path / "input.csv"
     raw = case.raw.copy()
@@ -399,7 +404,40 @@ def test_resume_refuses_another_bundle_or_input(
     argv = [*_score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")]
     argv[argv.index("--input") + 1] = str(changed)
     assert main(argv) == EXIT_SCHEMA_ERROR
-    assert "input differs from the interrupted run's" in capsys.readouterr().err
+    assert "--input: was " in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_image_folder_or_settings_that_change_results(
+    interrupted_out: Path, case: ScoringCase, tiny_run: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The same images in another folder, or rows per model call changed: refused before any
+    work, naming each difference (settings that only cut the work differently are not)."""
+    out = tmp_path / "out"
+    shutil.copytree(interrupted_out, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    resume = _score_argv(tiny_run / "bundle", case, out, "--engine", "local", "--resume")
+    other_images = shutil.copytree(case.image_dir, tmp_path / "other_images")
+    argv = [*resume]
+    argv[argv.index("--images") + 1] = str(other_images)
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    err = capsys.readouterr().err
+    assert f"--images: was {case.image_dir.resolve()}, now {other_images.resolve()}" in err
+
+    changed = ("scoring.text.micro_batch_size=3", "scoring.fusion.micro_batch_size=5")
+    cut = ("scoring.text.batch_size=7", "scoring.rows_per_output_file=11")
+    argv = [*resume, *(f"--set={s}" for s in changed + cut), "--allow-missing-images"]
+    assert main(argv) == EXIT_SCHEMA_ERROR
+    err = capsys.readouterr().err
+    bundle = load_bundle(tiny_run / "bundle").scoring()
+    for setting in changed:
+        key, value = setting.split("=")
+        pool = getattr(bundle, key.split(".")[1])
+        assert f"{key}: was {pool.micro_batch_size}, now {value}" in err
+    assert "scoring.text.batch_size" not in err and "rows_per_output_file" not in err
+    assert "--images" not in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 

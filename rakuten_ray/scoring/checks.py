@@ -2,16 +2,15 @@
 
 Before any model loads: the image folder must be a folder; the rows must mostly find their
 image there (a wrong ``--images`` would otherwise give a "successful" run scored from text
-alone); a resumed run must continue with the bundle and the input it started with. The run
-records both (``OUT/run.json``) when it starts, and the staged shards once staging is
-complete, so a resume neither mixes predictions nor stages its input again.
+alone); a resumed run must continue with the bundle, the input, the image folder and the
+settings that change results (:data:`RESULT_SETTINGS`) it started with. The run records them
+(``OUT/run.json``, a :class:`~rakuten_ray.lifecycle.RunRecord`) when it starts, and the staged
+rows once staging is complete, so a resume neither mixes predictions nor stages its input
+again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rakuten_ray.catalog import ID_COLUMNS, SchemaError, image_path
+from rakuten_ray.config import ScoringParams
 from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import ScoringLayout
+from rakuten_ray.lifecycle import RunRecord, data_fingerprint, resume_record
 from rakuten_ray.scoring.rows import as_id
 
 #: Rows whose image is looked up before a run starts: all of them up to this many, else this
@@ -81,58 +82,66 @@ def check_images_found(
         )
 
 
+#: The options that name a scoring run's inputs, as its record names them.
+BUNDLE_INPUT, SOURCE_INPUT, IMAGES_INPUT = "--bundle", "--input", "--images"
+#: The scoring settings that change a row's output, by stage pool: the rows or tokens per
+#: model call, the runtime of the deep models' forward passes, their threads (kernels may
+#: round differently with another count) and its GPUs (a pool with one runs PyTorch, with
+#: autocast). Everything else changes how the work is cut or whether a run starts,
+#: never a row's output: pool sizes, ``batch_size``, ``rows_per_output_file``,
+#: ``max_missing_image_share`` and ``--allow-missing-images``, the image preparation pool
+#: (decoding is exact, its crops are the bundle's) and the fusion pool's resources (its
+#: meta-models run at one fixed shape). Each model's precision and crops come from the
+#: bundle itself, which its id covers.
+RESULT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "text": ("micro_batch_size", "tokens_per_call", "runtime", "num_cpus", "num_gpus"),
+    "image": ("micro_batch_size", "runtime", "num_cpus", "num_gpus"),
+    "fusion": ("micro_batch_size",),
+}
+
+
 def input_fingerprint(files: list[Path]) -> str:
-    """sha256 over the input files' names and contents, in order."""
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0{sha256_file(path)}\0".encode())
-    return digest.hexdigest()
+    """The input files' fingerprint: their names and contents, in order."""
+    table = pd.DataFrame(
+        {"file": [p.name for p in files], "sha256": [sha256_file(p) for p in files]}
+    )
+    return data_fingerprint(table)
 
 
-@dataclass(frozen=True)
-class ScoringRecord:
-    """What a scoring run scores: the bundle's id and the input's fingerprint; and, once
-    staging is complete, the number of rows staged."""
+def scoring_record(
+    bundle_id: str, files: list[Path], image_dir: Path, scoring: ScoringParams
+) -> RunRecord:
+    """What a scoring run scores: the bundle, the input, the image folder (resolved) and the
+    :data:`RESULT_SETTINGS`, keyed as ``--set`` names them."""
+    inputs = {
+        BUNDLE_INPUT: bundle_id,
+        SOURCE_INPUT: input_fingerprint(files),
+        IMAGES_INPUT: str(image_dir.resolve()),
+    }
+    pools = {
+        pool: {name: getattr(getattr(scoring, pool), name) for name in names}
+        for pool, names in RESULT_SETTINGS.items()
+    }
+    return RunRecord("scoring", inputs, {"scoring": pools})
 
-    bundle_id: str
-    input_sha256: str
-    staged_rows: int | None = None
 
-    def save(self, layout: ScoringLayout) -> None:
-        layout.record.write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, layout: ScoringLayout) -> ScoringRecord | None:
-        return cls(**json.loads(layout.record.read_text())) if layout.record.is_file() else None
-
-
-def check_resumable(layout: ScoringLayout, record: ScoringRecord) -> ScoringRecord | None:
-    """The interrupted run's record, if ``layout`` holds one for this bundle and input.
+def check_resumable(layout: ScoringLayout, record: RunRecord) -> RunRecord | None:
+    """The interrupted run's record, if ``layout`` holds one for the same bundle, input,
+    image folder and result settings.
 
     Returns:
         None when there is nothing to resume (no output yet): the run starts afresh.
 
     Raises:
-        SchemaError: the output was written with another bundle or input, or holds
-            predictions without a record of either.
+        ResumeError: each input or setting that differs from the interrupted run's.
+        SchemaError: the output holds predictions without a record of what they scored.
     """
-    saved = ScoringRecord.load(layout)
-    if saved is None:
-        if any(layout.predictions.glob("*.parquet")):
-            raise SchemaError(
-                f"{layout.root}: predictions without a record of their bundle and input "
-                f"({layout.record.name}); score into a new folder or use --overwrite"
-            )
-        return None
-    if saved.bundle_id != record.bundle_id:
+    saved = resume_record(
+        layout.record, record, "resume with the interrupted run's, or use --overwrite"
+    )
+    if saved is None and any(layout.predictions.glob("*.parquet")):
         raise SchemaError(
-            f"{layout.root}: the interrupted run scored with bundle {saved.bundle_id}, not "
-            f"{record.bundle_id}; resume with that bundle, or use --overwrite"
-        )
-    if saved.input_sha256 != record.input_sha256:
-        raise SchemaError(
-            f"{layout.root}: the input differs from the interrupted run's (fingerprint "
-            f"{saved.input_sha256[:12]} then, {record.input_sha256[:12]} now); resume with "
-            f"the same input, or use --overwrite"
+            f"{layout.root}: predictions without a record of their bundle and input "
+            f"({layout.record.name}); score into a new folder or use --overwrite"
         )
     return saved

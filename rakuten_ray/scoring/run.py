@@ -1,43 +1,49 @@
-"""A whole scoring run: checks, staging, one engine, then the submission and a summary.
+"""A whole scoring run, in named phases: check the inputs, record the run (or check the
+interrupted one's record), stage the input, check the images, score with one engine, finish
+with the submission; then a summary with each phase's time.
 
 Every input row gets exactly one output row. The run refuses to start on a missing column,
 an unverifiable bundle, a non-empty output folder (unless ``overwrite`` or ``resume``), or
 an image folder that is not one or where most rows find no image
-(:mod:`rakuten_ray.scoring.checks`); a resumed run continues only with the bundle and input
-it started with, from its staged shards, and scores only the rows without a prediction.
+(:mod:`rakuten_ray.scoring.checks`); a resumed run continues only with the bundle, input,
+image folder and result settings it started with, from its staged shards, and scores only
+the rows without a prediction.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from rakuten_ray.bundle import load_bundle
+from rakuten_ray.bundle import Bundle, load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, BundleLayout, ScoringLayout
+from rakuten_ray.lifecycle import PhaseClock, RunRecord
 from rakuten_ray.revisions import PIN_COMMAND, require_pinned
 from rakuten_ray.scoring.checks import (
-    ScoringRecord,
     check_image_dir,
     check_images_found,
     check_resumable,
-    input_fingerprint,
+    scoring_record,
 )
 from rakuten_ray.scoring.output import PredictionFiles
 from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
 
 Engine = Literal["ray", "local"]
+Log = Callable[[str], None]
 #: Rows per staged shard: one read task each in the Ray engine, one write in the local one.
 ROWS_PER_SHARD = 50_000
+#: The run record's progress entry written once staging is complete: the rows staged.
+STAGED_ROWS = "staged_rows"
 
 
 @dataclass(frozen=True)
@@ -48,13 +54,27 @@ class ScoringSummary:
     rows_scored_now: int
     #: Input rows staged by this run (0 when a resumed run reused its staging).
     rows_staged_now: int
+    #: From staging to the submission (the checks before staging are in ``phase_seconds``).
     seconds: float
     engine: str
     image_status_counts: dict[str, int]
+    #: Seconds of each named phase, as :class:`~rakuten_ray.lifecycle.PhaseClock` timed them.
+    phase_seconds: dict[str, float]
 
     @property
     def rows_per_second(self) -> float:
         return self.rows_scored_now / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """A run's checked inputs: the input files, the hashed bundle, its scoring settings (with
+    the command line's overrides) and the image folder."""
+
+    files: list[Path]
+    bundle: Bundle
+    scoring: ScoringParams
+    image_dir: Path
 
 
 def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -103,45 +123,135 @@ def _score_locally(
     files.close()
 
 
-def _finish(out: ScoringLayout, total_rows: int) -> dict[str, int]:
-    """Check one prediction per row, write the submission in input order; status counts."""
+# --------------------------------------------------------------------------------------------
+# Phases
+# --------------------------------------------------------------------------------------------
+
+
+def check_inputs(
+    bundle_dir: Path,
+    source: Path,
+    image_dir: Path,
+    overrides: tuple[str, ...],
+    refuse_unpinned: bool,
+) -> ScoringInputs:
+    """The input files with their headers checked, the bundle with every file hashed (and,
+    with ``refuse_unpinned``, trained from pinned hub models only), its scoring settings and
+    the image folder, checked to be one where the bundle needs images."""
+    files = input_files(source)
+    check_headers(files)
+    # Every file is hashed here, before any work; each stage then hashes only what it loads.
+    bundle = load_bundle(bundle_dir)
+    if refuse_unpinned:
+        remedy = (
+            f"the bundle was trained from them: retrain it from a config pinned by "
+            f"`{PIN_COMMAND}`, or pass --allow-unpinned to score with it as it is"
+        )
+        require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
+    check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
+    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir)
+
+
+def open_run(
+    inputs: ScoringInputs, layout: ScoringLayout, overwrite: bool, resume: bool
+) -> tuple[RunRecord, bool]:
+    """The run's record, written into its output folder once that is ready: the interrupted
+    run's (with its progress) when resuming one of the same inputs and settings. Also
+    whether this run created the folder."""
+    record = scoring_record(inputs.bundle.bundle_id, inputs.files, inputs.image_dir, inputs.scoring)
+    if resume and layout.root.exists():
+        record = check_resumable(layout, record) or record
+    created = not layout.root.exists()
+    _prepare_out(layout.root, overwrite, resume)
+    record.save(layout.record)
+    return record, created
+
+
+@contextmanager
+def _removed_on_refusal(path: Path | None) -> Iterator[None]:
+    """Remove ``path`` (if any) when the body refuses the input, so that a refused run leaves
+    nothing behind."""
+    try:
+        yield
+    except SchemaError:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def stage(
+    inputs: ScoringInputs, layout: ScoringLayout, record: RunRecord, rows_per_shard: int,
+    created: bool,
+) -> tuple[list[Path], RunRecord, int]:  # fmt: skip
+    """The staged shards, the record that counts their rows and the rows staged now: the
+    interrupted run's shards when its staging was complete, else staged now."""
+    staging = layout.staging
+    if STAGED_ROWS in record.progress and staging.is_dir():
+        return sorted(staging.glob("shard-*.parquet")), record, 0
+    if staging.exists():
+        shutil.rmtree(staging)
+    # A body the CSV parser rejects shows only while staging.
+    with _removed_on_refusal(layout.root if created else staging):
+        total = stage_inputs(inputs.files, staging, rows_per_shard)
+    record = record.with_progress(**{STAGED_ROWS: total})
+    record.save(layout.record)
+    return sorted(staging.glob("shard-*.parquet")), record, total
+
+
+def check_images(
+    inputs: ScoringInputs, shards: list[Path], total: int, layout: ScoringLayout, created: bool,
+    allow_missing_images: bool,
+) -> None:  # fmt: skip
+    """Refuse a run where most rows find no image, unless the bundle has no image model or
+    ``allow_missing_images``."""
+    if not inputs.bundle.fusion.image_models or allow_missing_images:
+        return
+    share = inputs.scoring.max_missing_image_share
+    with _removed_on_refusal(layout.root if created else None):
+        check_images_found(shards, total, inputs.image_dir, share)
+
+
+def score(
+    inputs: ScoringInputs, shards: list[Path], total: int, layout: ScoringLayout,
+    engine: Engine, address: str | None, resume: bool,
+) -> int:  # fmt: skip
+    """Score every staged row without a prediction yet with ``engine``; the rows scored."""
+    predictions = layout.predictions
+    predictions.mkdir(exist_ok=True)
+    skip = done_rows(predictions) if resume else frozenset()
+    if len(skip) == total:
+        return 0
+    bundle_dir, image_dir, scoring = inputs.bundle.root, inputs.image_dir, inputs.scoring
+    if engine == "local":
+        _score_locally(bundle_dir, shards, image_dir, predictions, scoring, skip)
+    else:
+        from rakuten_ray.ray_session import ensure_ray
+        from rakuten_ray.scoring.ray_pipeline import score_with_ray
+
+        ensure_ray(address)
+        score_with_ray(bundle_dir, shards, image_dir, predictions, scoring, skip)
+    return total - len(skip)
+
+
+def finish(layout: ScoringLayout, total: int) -> dict[str, int]:
+    """Check one prediction per row, write the submission in input order, remove the staged
+    shards; the rows' image status counts."""
     table = pd.read_parquet(
-        out.predictions, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
+        layout.predictions, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
     )
     duplicated = int(table[ROW_COLUMN].duplicated().sum())
-    if duplicated or len(table) != total_rows:
+    if duplicated or len(table) != total:
         raise RuntimeError(
-            f"{out.root}: {len(table)} predictions for {total_rows} input rows "
+            f"{layout.root}: {len(table)} predictions for {total} input rows "
             f"({duplicated} repeated)"
         )
     table = table.sort_values(ROW_COLUMN)
     submission = pd.DataFrame(
         {"prdtypecode": table["prdtypecode"].to_numpy()}, index=table[INDEX_COLUMN].to_numpy()
     )
-    submission.to_csv(out.submission)
+    submission.to_csv(layout.submission)
+    shutil.rmtree(layout.staging)
     return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
-
-
-def _stage(
-    files: list[Path], layout: ScoringLayout, record: ScoringRecord, rows_per_shard: int,
-    created: bool,
-) -> tuple[list[Path], ScoringRecord]:  # fmt: skip
-    """The staged shards and the record that counts them: those of the interrupted run when
-    its staging was complete, else staged now."""
-    staging = layout.staging
-    if record.staged_rows is not None and staging.is_dir():
-        return sorted(staging.glob("shard-*.parquet")), record
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        total = stage_inputs(files, staging, rows_per_shard)
-    except SchemaError:
-        # A body the CSV parser rejects shows only while staging: leave nothing behind.
-        shutil.rmtree(layout.root if created else staging, ignore_errors=True)
-        raise
-    record = dataclasses.replace(record, staged_rows=total)
-    record.save(layout)
-    return sorted(staging.glob("shard-*.parquet")), record
 
 
 def run_scoring(
@@ -157,8 +267,10 @@ def run_scoring(
     rows_per_shard: int = ROWS_PER_SHARD,
     allow_missing_images: bool = False,
     refuse_unpinned: bool = False,
+    log: Log = print,
 ) -> ScoringSummary:
-    """Score every row of ``source`` (a CSV or Parquet file, or a folder of them).
+    """Score every row of ``source`` (a CSV or Parquet file, or a folder of them), in named
+    phases: check inputs, run record, stage, check images, score, finish.
 
     ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
     ``out`` continues with the rows that have no prediction yet, from its staged shards. With
@@ -166,66 +278,40 @@ def run_scoring(
 
     Raises:
         SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
-            not one, or one where most rows find no image (unless ``allow_missing_images``);
-            on resume, another bundle or input than the interrupted run's. All before any
-            model loads.
+            not one, or one where most rows find no image (unless ``allow_missing_images``).
+            All before any model loads.
+        ResumeError: on resume, another bundle, input or image folder than the interrupted
+            run's, or other settings that change results; before any work.
         BundleError: the bundle does not match its manifest.
         UnpinnedModelsError: see ``refuse_unpinned``, before any model loads.
     """
-    files = input_files(source)
-    check_headers(files)
-    # Every file is hashed here, before any work; each stage then hashes only what it loads.
-    bundle = load_bundle(bundle_dir)
-    if refuse_unpinned:
-        remedy = (
-            f"the bundle was trained from them: retrain it from a config pinned by "
-            f"`{PIN_COMMAND}`, or pass --allow-unpinned to score with it as it is"
+    clock = PhaseClock(log, label="phase ")
+    layout = ScoringLayout(Path(out))
+    with clock.phase("check inputs"):
+        inputs = check_inputs(
+            Path(bundle_dir), Path(source), Path(image_dir), overrides, refuse_unpinned
         )
-        require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
-    scoring = bundle.scoring(overrides)
-    check_image_dir(Path(image_dir), needed=bool(bundle.fusion.image_models))
-    layout = ScoringLayout(out)
-    record = ScoringRecord(bundle.bundle_id, input_fingerprint(files))
-    if resume and out.exists():
-        record = check_resumable(layout, record) or record
-    created = not out.exists()
-    _prepare_out(out, overwrite, resume)
-    started = time.perf_counter()
-    record.save(layout)
-    staged_before = record.staged_rows is not None
-    shards, record = _stage(files, layout, record, rows_per_shard, created)
-    total = record.staged_rows
-    assert total is not None, "staging counts the rows"
-    if bundle.fusion.image_models and not allow_missing_images:
-        try:
-            check_images_found(shards, total, Path(image_dir), scoring.max_missing_image_share)
-        except SchemaError:
-            if created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-    predictions = layout.predictions
-    predictions.mkdir(exist_ok=True)
-    skip = done_rows(predictions) if resume else frozenset()
-    if len(skip) < total:
-        if engine == "local":
-            _score_locally(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
-        else:
-            from rakuten_ray.ray_session import ensure_ray
-            from rakuten_ray.scoring.ray_pipeline import score_with_ray
-
-            ensure_ray(address)
-            score_with_ray(Path(bundle_dir), shards, image_dir, predictions, scoring, skip)
-    counts = _finish(layout, total)
-    shutil.rmtree(layout.staging)
+    with clock.phase("run record"):
+        record, created = open_run(inputs, layout, overwrite, resume)
+    with clock.phase("stage"):
+        shards, record, staged_now = stage(inputs, layout, record, rows_per_shard, created)
+    total = int(record.progress[STAGED_ROWS])
+    with clock.phase("check images"):
+        check_images(inputs, shards, total, layout, created, allow_missing_images)
+    with clock.phase("score"):
+        scored_now = score(inputs, shards, total, layout, engine, address, resume)
+    with clock.phase("finish"):
+        counts = finish(layout, total)
     summary = ScoringSummary(
         rows=total,
-        rows_scored_now=total - len(skip),
-        rows_staged_now=0 if staged_before else total,
-        seconds=time.perf_counter() - started,
+        rows_scored_now=scored_now,
+        rows_staged_now=staged_now,
+        seconds=clock.since("stage"),
         engine=engine,
         image_status_counts=counts,
+        phase_seconds=dict(clock.seconds),
     )
     layout.summary.write_text(
-        json.dumps({**summary.__dict__, "rows_per_second": summary.rows_per_second}, indent=1)
+        json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}, indent=1)
     )
     return summary

@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rakuten_ray.bundle import FusionState, ModelEntry, data_fingerprint, seal_bundle
-from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, X_COLUMNS, codes_to_indices
+from rakuten_ray.bundle import FusionState, ModelEntry, seal_bundle
+from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, codes_to_indices
 from rakuten_ray.config import RunConfig
 from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_modality, fit_stack
 from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
+from rakuten_ray.lifecycle import PhaseClock
 from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.runtime import HeldoutLogits, RuntimeRecord
 from rakuten_ray.models.spec import ModelSpec
-from rakuten_ray.phases import PhaseClock
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.training.base_models import BaseModelRun, train_base_model
 from rakuten_ray.training.data import TrainingData, load_training_data
@@ -47,10 +47,11 @@ from rakuten_ray.training.report import (
     TrainingReport,
 )
 from rakuten_ray.training.resume import (
-    RunIdentity,
+    DATA_INPUT,
     check_resumable,
     finished_run,
     record_finished,
+    training_record,
 )
 from rakuten_ray.training.scheduling import Job, run_side_by_side
 
@@ -423,11 +424,11 @@ def run_training(
     layout = RunLayout(Path(out_dir))
     timer = PhaseClock(log, label="phase ")
     data = load_training_data(Path(data_dir))
-    identity = RunIdentity.of(config, data)
+    record = training_record(config, data)
     if resume:
-        check_resumable(layout, identity)
+        check_resumable(layout, record)
     layout.root.mkdir(parents=True, exist_ok=True)
-    identity.save(layout.identity)
+    record.save(layout.identity)
     config.save(layout.config)
     with timer.phase("split"):
         rows = split_rows(config, data, layout, log)
@@ -440,8 +441,7 @@ def run_training(
     with timer.phase("export"):
         runtimes = export_models(config, layout.bundle, final_dirs, rows, log, runs)
     report = dataclasses.replace(build_report(config, runs, fusion, rows, timer), runtimes=runtimes)
-    fingerprint = data_fingerprint(data.labelled[[*X_COLUMNS, LABEL_COLUMN]])
-    seal_run_bundle(config, layout.bundle, fusion, fingerprint, report)
+    seal_run_bundle(config, layout.bundle, fusion, record.inputs[DATA_INPUT], report)
     report.save(layout.metrics)
     log(f"bundle sealed in {layout.bundle.root} ({timer.total:.0f}s in all)")
     return report
