@@ -57,7 +57,7 @@ def imports_of(module: str, source: str, known: set[str], is_package: bool = Fal
     ``from a import b`` counts as an import of ``a.b`` where that is a module in ``known``,
     else of ``a``; relative imports are resolved against ``module``'s package.
     """
-    found = []
+    found: set[Import] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -72,12 +72,12 @@ def imports_of(module: str, source: str, known: set[str], is_package: bool = Fal
             ]
         else:
             continue
-        found += [
+        found |= {
             Import(module, target, node.lineno)
             for target in targets
             if target == PACKAGE or target.startswith(f"{PACKAGE}.")
-        ]
-    return sorted(found, key=lambda found: found.line)
+        }
+    return sorted(found, key=lambda found: (found.line, found.target))
 
 
 def layer(module: str) -> int | None:
