@@ -1,9 +1,8 @@
 """Training one base model on the ``train`` rows and scoring the held-out rows.
 
 Each model trains with its kind's trainer (:mod:`rakuten_ray.training.trainers`: a Ray task,
-or Ray Train). Held-out rows are then
-scored in Ray tasks (one per training worker) by the scorer that the scoring stages load, so
-fusion is fitted on exactly what scoring will produce.
+or Ray Train). Held-out rows are then scored in Ray tasks (one per training worker) by the
+scorer that the scoring stages load, so fusion is fitted on exactly what scoring will produce.
 """
 
 from __future__ import annotations
