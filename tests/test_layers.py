@@ -17,12 +17,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 #: own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("catalog", "text", "images", "layout", "hashing", "safe_io", "batching", "metrics",
-     "splits", "phases", "ray_session"),
+     "splits", "phases", "ray_session", "data"),
     ("models",),
     ("config",),
-    ("fusion", "bundle"),
+    ("fusion", "bundle", "revisions"),
     ("training", "scoring"),
-    ("serving", "evaluation", "audit", "inspection", "plots", "synthetic"),
+    ("serving", "evaluation", "audit", "inspection", "plots", "synthetic", "synthetic_text",
+     "synthetic_images"),
     ("cli", "demo"),
 )  # fmt: skip
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
