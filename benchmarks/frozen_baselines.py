@@ -39,9 +39,10 @@ from rakuten_ray.models.image_backbones import create_image_model
 from rakuten_ray.models.kinds.hf_text import HfTextSpec
 from rakuten_ray.models.kinds.timm_image import TimmImageSpec
 from rakuten_ray.models.registry import Modality
+from rakuten_ray.models.tables import image_table, text_table
 from rakuten_ray.models.transformer import resolve_text_source, tokenize
 from rakuten_ray.models.vision import image_transforms
-from rakuten_ray.training.data import image_table, load_training_data, text_table
+from rakuten_ray.training.data import load_training_data
 from rakuten_ray.training.probe import fit_probe_head
 from rakuten_ray.training.protocol import split_rows
 from rakuten_ray.training.report import TrainingReport

@@ -12,10 +12,10 @@ from helpers import write_tiny_text_backbone
 
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import model_spec_from_dict
+from rakuten_ray.models.tables import text_table
 from rakuten_ray.models.tfidf_svm import fit_tfidf_svm, full_probabilities, text_columns
 from rakuten_ray.models.transformer import TextClassifier
 from rakuten_ray.synthetic import generate_catalogue
-from rakuten_ray.training.data import text_table
 from rakuten_ray.training.deep import fit_deep_model
 
 #: What docs/reliability.md promises for a deep model retrained with the same seed on CPU.

@@ -19,20 +19,22 @@ from rakuten_ray.fusion.fitting import ModalityFit
 from rakuten_ray.images import load_image
 from rakuten_ray.layout import RunLayout
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
-from rakuten_ray.models.registry import FitResult, Modality, kind_of
+from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.spec import DeepModelSpec
+from rakuten_ray.models.tables import image_table, text_table
+from rakuten_ray.models.tasks import DeepTask
 from rakuten_ray.models.transformer import TextClassifier, TextSettings
 from rakuten_ray.models.vision import load_image_model
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.synthetic import generate_catalogue
 from rakuten_ray.synthetic_images import render_image
 from rakuten_ray.training.base_models import train_base_model
-from rakuten_ray.training.data import TrainingData, image_table, text_table, with_image_paths
+from rakuten_ray.training.data import TrainingData, with_image_paths
 from rakuten_ray.training.deep import fit_deep_model
+from rakuten_ray.training.fitted import FitResult
 from rakuten_ray.training.loop import Training, parameter_groups, prepare_training, run_epoch
 from rakuten_ray.training.probe import fit_probe_head
 from rakuten_ray.training.protocol import rows_with_text, split_rows
-from rakuten_ray.training.tasks import DeepTask
 
 pytestmark = pytest.mark.slow
 

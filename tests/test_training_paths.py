@@ -24,10 +24,11 @@ from rakuten_ray.config import RunConfig, config_from_dict
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.metrics import log_loss, softmax
 from rakuten_ray.models.registry import Modality
+from rakuten_ray.models.tables import text_table
 from rakuten_ray.models.transformer import TextClassifier
 from rakuten_ray.scoring.run import run_scoring
 from rakuten_ray.splits import Splits, stratified_splits
-from rakuten_ray.training.data import load_training_data, text_table
+from rakuten_ray.training.data import load_training_data
 from rakuten_ray.training.deep import TECHNICAL_VAL_FRACTION
 from rakuten_ray.training.loop import HISTORY_FILE, TRAIN_STATE_FILE
 from rakuten_ray.training.protocol import run_training

@@ -1,8 +1,8 @@
 """Training one base model on the ``train`` rows and scoring the held-out rows.
 
-Each model trains the way its kind says (a Ray task, or Ray Train). Held-out rows are then
-scored in Ray tasks (one per training worker) by the scorer that the scoring stages load, so
-fusion is fitted on exactly what scoring will produce.
+Each model trains with its kind's trainer (:mod:`rakuten_ray.training.trainers`: a Ray task,
+or Ray Train). Held-out rows are then scored in Ray tasks (one per training worker) by the
+scorer that the scoring stages load, so fusion is fitted on exactly what scoring will produce.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import pandas as pd
 import ray
 
 from rakuten_ray.config import StagePool
-from rakuten_ray.models.registry import FitResult, Modality, get_kind, kind_of
+from rakuten_ray.models.registry import Modality, get_kind, kind_of
 from rakuten_ray.models.runtime import forward_precision
 from rakuten_ray.models.scorers import ImageScorer, TextScorer
 from rakuten_ray.models.spec import ModelSpec, Precision
+from rakuten_ray.training.fitted import FitResult
+from rakuten_ray.training.trainers import fit_model
 
 #: The catalogue columns each modality's scorer reads: all that its tasks are sent.
 _SCORER_COLUMNS = {Modality.TEXT: TextScorer.columns, Modality.IMAGE: ImageScorer.columns}
@@ -110,7 +112,7 @@ def train_base_model(
         seed: random seed.
     """
     started = time.perf_counter()
-    fit = kind_of(spec).fit(spec, train, val, work_dir, seed)
+    fit = fit_model(spec, train, val, work_dir, seed)
     scores, precision = heldout_scores(spec, fit.model_dir, heldout, pool)
     seconds = time.perf_counter() - started
     return BaseModelRun(spec, fit, scores, seconds, heldout_precision=precision)

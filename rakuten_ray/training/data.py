@@ -5,21 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from rakuten_ray.catalog import (
-    LABEL_COLUMN,
     CatalogueDir,
     SchemaError,
-    codes_to_indices,
     image_path,
     join_labels,
     read_labels,
     read_products,
 )
 from rakuten_ray.models.registry import Modality
-from rakuten_ray.text import prepare_texts
 
 #: Optional extra files of labelled rows whose text is unavailable: image-model training only.
 X_IMAGES_ONLY_FILE = "X_images_only.csv"
@@ -70,23 +66,3 @@ def load_training_data(data_dir: Path) -> TrainingData:
         images_only = labelled.iloc[:0]
     return TrainingData(labelled=labelled, images_only=images_only)
 
-
-def text_table(rows: pd.DataFrame, template: str) -> pd.DataFrame:
-    """Rows as a text model's training table: rendered ``text`` and class ``label``."""
-    return pd.DataFrame(
-        {
-            "text": prepare_texts(rows["designation"], rows["description"], template),
-            "label": codes_to_indices(rows[LABEL_COLUMN]),
-        },
-        index=rows.index,
-    )
-
-
-def image_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows whose image file exists, as an image model's table: ``path`` and ``label``."""
-    present = np.array([Path(p).is_file() for p in rows["image_path"]], dtype=bool)
-    kept = rows[present]
-    return pd.DataFrame(
-        {"path": kept["image_path"].to_numpy(), "label": codes_to_indices(kept[LABEL_COLUMN])},
-        index=kept.index,
-    )

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 
 from rakuten_ray.catalog import LABEL_COLUMN
-from rakuten_ray.models.registry import DeepKind, FitResult
+from rakuten_ray.models.kind import DeepKind
 from rakuten_ray.models.spec import DeepModelSpec, Scaling
 from rakuten_ray.splits import stratified_splits
+from rakuten_ray.training.fitted import FitResult
 from rakuten_ray.training.loop import HISTORY_FILE, MONITOR, TRAIN_STATE_FILE, train_loop_per_worker
 
 #: Checkpoints kept per run: the best by validation log loss, and the latest to resume from.
@@ -46,7 +47,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "spec": spec.model_dump(),
+            "spec": spec,
             "train_table": str(train_table.resolve()),
             "val_table": str(val_table.resolve()),
             "seed": seed,
@@ -99,14 +100,23 @@ def fit_deep_model(
     return FitResult(model_dir=model_dir, history=history, best_epoch=int(best_epoch))
 
 
-def retrain_on_all(
-    kind: DeepKind, spec: DeepModelSpec, rows: pd.DataFrame, work_dir: Path, seed: int
-) -> Path:
-    """Train ``spec`` again on ``rows`` (every labelled row of its modality), early-stopped
-    on a small stratified technical validation split; returns the model folder."""
-    technical = stratified_splits(
-        rows[LABEL_COLUMN], seed=seed, test_fraction=TECHNICAL_VAL_FRACTION, val_fraction=0.5
-    )
-    train = rows.loc[np.concatenate([technical.train, technical.val])]
-    fitted = kind.fit(spec, train, rows.loc[technical.test], work_dir, seed)
-    return fitted.model_dir
+def fit_with_ray_train(
+    kind: DeepKind,
+    spec: DeepModelSpec,
+    train: pd.DataFrame,
+    val: pd.DataFrame | None,
+    work_dir: Path,
+    seed: int,
+) -> FitResult:
+    """Fine-tune on the kind's tables of ``train`` and ``val`` catalogue rows. Without
+    ``val`` (a retrain on every row), a small stratified technical split of ``train`` is held
+    back for early stopping."""
+    if val is None:
+        technical = stratified_splits(
+            train[LABEL_COLUMN], seed=seed, test_fraction=TECHNICAL_VAL_FRACTION, val_fraction=0.5
+        )
+        train, val = (
+            train.loc[np.concatenate([technical.train, technical.val])],
+            train.loc[technical.test],
+        )
+    return fit_deep_model(spec, kind.table(spec, train), kind.table(spec, val), work_dir, seed)

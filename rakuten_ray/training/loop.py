@@ -27,17 +27,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from rakuten_ray.catalog import NUM_CLASSES
-from rakuten_ray.config import model_spec_from_dict
 from rakuten_ray.metrics import log_loss, softmax, weighted_f1
 from rakuten_ray.models.precision import autocast_dtype, autocast_to
 from rakuten_ray.models.registry import kind_of
 from rakuten_ray.models.spec import TrainParams
+from rakuten_ray.models.tasks import DeepTask, RowsDataset
 from rakuten_ray.training.probe import fit_probe_head
-from rakuten_ray.training.tasks import DeepTask, RowsDataset, move_to
 
 TRAIN_STATE_FILE = "train_state.pt"
 HISTORY_FILE = "history.json"
 MONITOR = "val_log_loss"
+
+
+def move_to(inputs: Any, device: torch.device) -> Any:
+    """Move a tensor or a mapping of tensors to ``device``."""
+    if isinstance(inputs, dict):
+        return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
+    return inputs.to(device, non_blocking=True)
 
 
 def lr_lambda(params: TrainParams, total_steps: int) -> Any:
@@ -415,13 +421,13 @@ def _record(state: LoopState, metrics: dict[str, float]) -> None:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The function each Ray Train worker runs.
 
-    ``loop_config`` holds ``spec`` (a model spec as plain data), ``train_table`` and
-    ``val_table`` (Parquet paths) and ``seed``.
+    ``loop_config`` holds ``spec`` (the model's settings object, pickled to each worker),
+    ``train_table`` and ``val_table`` (Parquet paths) and ``seed``.
     """
     import ray.train
     import ray.train.torch
 
-    spec = model_spec_from_dict(loop_config["spec"])
+    spec = loop_config["spec"]
     params = spec.train
     torch.manual_seed(loop_config["seed"])
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))

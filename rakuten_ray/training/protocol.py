@@ -3,8 +3,8 @@ seal the bundle.
 
 Leak-free protocol: base models train on ``train`` (deep models stop early on ``val``);
 temperatures, blend weights and meta-models are fitted on ``val`` + ``test`` scores; then
-each model is refit as its kind says (the TF-IDF model on every labelled row; deep models
-keep their weights or are retrained on every row with a small technical validation), and
+each model is refit (the TF-IDF model on every labelled row; deep models keep their weights
+or are retrained on every row with a small technical validation), and
 everything is sealed into ``RUN/bundle``. Labelled rows without text (image-only rows) are
 split the same way and serve the image models only: their held-out part calibrates and
 blends the image models, the stacks see rows with text alone.
@@ -54,6 +54,7 @@ from rakuten_ray.training.resume import (
     training_record,
 )
 from rakuten_ray.training.scheduling import Job, run_side_by_side
+from rakuten_ray.training.trainers import refit_model
 
 Log = Callable[[str], None]
 
@@ -241,12 +242,12 @@ def fit_fusion(
 def refit_base_models(
     config: RunConfig, runs: dict[str, BaseModelRun], rows: RunRows, layout: RunLayout
 ) -> dict[str, Path]:
-    """The folder of each model that goes into the bundle, refit as its kind says."""
+    """The folder of each model that goes into the bundle, refit as training decides
+    (:func:`~rakuten_ray.training.trainers.refit_model`)."""
     final = {}
     for spec in config.models():
-        kind = kind_of(spec)
-        every = rows.by_modality[kind.modality].every
-        final[spec.name] = kind.refit(
+        every = rows.by_modality[kind_of(spec).modality].every
+        final[spec.name] = refit_model(
             spec, runs[spec.name].fit, every, layout.model_dir(spec.name), config.seed
         )
     return final

@@ -24,10 +24,10 @@ from rakuten_ray.config import RunConfig
 from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import RunLayout
 from rakuten_ray.lifecycle import ResumeError, RunRecord, data_fingerprint, resume_record
-from rakuten_ray.models.registry import FitResult
 from rakuten_ray.models.spec import ModelSpec
 from rakuten_ray.training.base_models import BaseModelRun
 from rakuten_ray.training.data import TrainingData
+from rakuten_ray.training.fitted import FitResult
 
 #: Config sections that change how a bundle scores or serves, not what a run trains: a
 #: resumed run may change them.

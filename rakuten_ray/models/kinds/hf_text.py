@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 from pydantic import Field, field_validator
 
+from rakuten_ray.models.kind import DeepKind, Modality
 from rakuten_ray.models.packaged import PACKAGE_PREFIX
-from rakuten_ray.models.registry import DeepKind, Modality, register
 from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, Precision, TrainParams
-from rakuten_ray.training.tasks import Batch, DeepTask
+from rakuten_ray.models.tables import text_table
+from rakuten_ray.models.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +119,6 @@ class TextTask(DeepTask):
         return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
 
 
-@register
 class HfTextKind(DeepKind):
     name = "hf_text"
     modality = Modality.TEXT
@@ -128,8 +128,6 @@ class HfTextKind(DeepKind):
     scorer_settings = ("tokens_per_call", "runtime", "threads")
 
     def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:
-        from rakuten_ray.training.data import text_table
-
         return text_table(rows, spec.template)
 
     def load_scorer(

@@ -1,18 +1,22 @@
 """``tfidf_svm``: the original TF-IDF + LinearSVC recipe (:mod:`rakuten_ray.models.tfidf_svm`),
-fitted inside a Ray task and refit on every labelled row for the bundle."""
+a ``ray_task`` kind: training runs its fit in one Ray task, and again on every labelled row
+for the bundle."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from rakuten_ray.models.registry import FitResult, Modality, ModelKind, register
+from rakuten_ray.catalog import LABEL_COLUMN, codes_to_indices
+from rakuten_ray.models.kind import Modality, TaskKind
 from rakuten_ray.models.settings import Real
 from rakuten_ray.models.spec import DEFAULT_PRECISION, ModelSpec, Precision
 
 if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
     from rakuten_ray.models.tfidf_svm import TfidfSvmClassifier
 
 
@@ -23,16 +27,16 @@ class TfidfSvmSpec(ModelSpec):
     calibration_folds: int = 3
 
 
-def _fit_in_task(spec: TfidfSvmSpec, rows: pd.DataFrame, folder: Path, seed: int) -> Path:
-    """Fit the recipe on ``rows`` in a Ray task; save it to ``folder``."""
-    import ray
+class TfidfSvmKind(TaskKind):
+    name = "tfidf_svm"
+    modality = Modality.TEXT
+    spec_type = TfidfSvmSpec
 
-    from rakuten_ray.catalog import LABEL_COLUMN, codes_to_indices
-    from rakuten_ray.models.tfidf_svm import fit_tfidf_svm, save_tfidf_svm
+    def fit_rows(self, spec: TfidfSvmSpec, rows: pd.DataFrame, seed: int) -> Pipeline:
+        # Sigmoid calibration folds inside the fit take the place of a validation split.
+        from rakuten_ray.models.tfidf_svm import fit_tfidf_svm
 
-    task = ray.remote(fit_tfidf_svm).options(num_cpus=spec.scaling.cpus_per_worker)
-    pipeline = ray.get(
-        task.remote(
+        return fit_tfidf_svm(
             rows["designation"].tolist(),
             rows["description"].tolist(),
             codes_to_indices(rows[LABEL_COLUMN]),
@@ -40,28 +44,11 @@ def _fit_in_task(spec: TfidfSvmSpec, rows: pd.DataFrame, folder: Path, seed: int
             calibration_folds=spec.calibration_folds,
             seed=seed,
         )
-    )
-    save_tfidf_svm(pipeline, folder)
-    return folder
 
+    def save(self, model: Pipeline, folder: Path) -> None:
+        from rakuten_ray.models.tfidf_svm import save_tfidf_svm
 
-@register
-class TfidfSvmKind(ModelKind):
-    name = "tfidf_svm"
-    modality = Modality.TEXT
-    spec_type = TfidfSvmSpec
-    trainer = "ray_task"
-
-    def fit(
-        self, spec: Any, train: pd.DataFrame, val: pd.DataFrame, work_dir: Path, seed: int
-    ) -> FitResult:
-        # Sigmoid calibration folds inside the fit take the place of a validation split.
-        return FitResult(_fit_in_task(spec, train, work_dir / "model", seed))
-
-    def refit(
-        self, spec: Any, fitted: FitResult, rows: pd.DataFrame, work_dir: Path, seed: int
-    ) -> Path:
-        return _fit_in_task(spec, rows, work_dir / "refit", seed)
+        save_tfidf_svm(model, folder)
 
     def load_scorer(
         self,

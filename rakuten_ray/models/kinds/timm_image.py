@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from pydantic import Field
 
-from rakuten_ray.models.registry import DeepKind, Modality, register
+from rakuten_ray.models.kind import DeepKind, Modality
 from rakuten_ray.models.settings import Real, Section
 from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, Precision
-from rakuten_ray.training.tasks import Batch, DeepTask
+from rakuten_ray.models.tables import image_table
+from rakuten_ray.models.tasks import Batch, DeepTask
 
 if TYPE_CHECKING:
     import torch
@@ -133,7 +134,6 @@ class ImageTask(DeepTask):
         return getattr(model, "module", model).get_classifier()
 
 
-@register
 class TimmImageKind(DeepKind):
     name = "timm_image"
     modality = Modality.IMAGE
@@ -142,8 +142,6 @@ class TimmImageKind(DeepKind):
     scorer_settings = ("runtime", "threads")
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
-        from rakuten_ray.training.data import image_table
-
         return image_table(rows)
 
     def load_scorer(

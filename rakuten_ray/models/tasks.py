@@ -1,10 +1,11 @@
-"""What a model kind supplies to the shared Ray Train loop.
+"""What a Ray Train kind declares for the shared training loop.
 
 The loop (:mod:`rakuten_ray.training.loop`) is the same for every deep model; a task supplies
 the model, the batch collation, the forward pass, its classification head and how it is
-saved. Each Ray Train kind (:mod:`rakuten_ray.models.kinds`) defines its task. Tables are
-Parquet files with a ``label`` column (class index) and the task's ``input_column``, so workers
-stream their rows from storage instead of receiving them inline.
+saved. Each Ray Train kind (:mod:`rakuten_ray.models.kinds`) defines its task. Tables
+(:mod:`rakuten_ray.models.tables`) have a ``label`` column (class index) and the task's
+``input_column``; training writes them to Parquet, so workers stream their rows from storage
+instead of receiving them inline.
 
 This module imports torch lazily: kind modules import it whenever a config is read.
 """
@@ -82,9 +83,3 @@ class DeepTask(ABC):
         """The linear head that :meth:`features` feed."""
         raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")
 
-
-def move_to(inputs: Any, device: torch.device) -> Any:
-    """Move a tensor or a mapping of tensors to ``device``."""
-    if isinstance(inputs, dict):
-        return {key: value.to(device, non_blocking=True) for key, value in inputs.items()}
-    return inputs.to(device, non_blocking=True)
