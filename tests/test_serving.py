@@ -146,6 +146,7 @@ def test_warm_up_refuses_an_answer_no_working_replica_gives(change: dict, messag
     good = {"prdtypecode": CLASS_CODES[0], "probabilities": [1.0] + [0.0] * 26,
             "image_status": "ok"}  # fmt: skip
     check_answer(good)
+    check_answer({**good, "image_status": "no_image_model"})  # a text-only bundle
     with pytest.raises(WarmUpError, match=message):
         check_answer({**good, **change})
 

@@ -20,6 +20,10 @@ from typing import Any
 import ray
 
 from rakuten_ray.catalog import CLASS_CODES
+from rakuten_ray.layout import ImageStatus
+
+#: What the warm-up JPEG may become: scored, or read by no model in a text-only bundle.
+WARM_UP_IMAGE_STATUSES = (ImageStatus.OK.value, ImageStatus.NO_IMAGE_MODEL.value)
 
 #: The named actor that holds the service's draining flag, in its own namespace.
 DRAIN_FLAG_NAME = "rakuten-ray-drain-flag"
@@ -46,7 +50,8 @@ def check_answer(scored: dict[str, Any]) -> None:
 
     Raises:
         WarmUpError: unknown code, probabilities that are not 27 finite numbers summing to
-            1, or an image that the stages could not read.
+            1, or an image that the stages could not read (a bundle without image models
+            reads none, and says so).
     """
     probs = scored["probabilities"]
     if scored["prdtypecode"] not in CLASS_CODES:
@@ -55,7 +60,7 @@ def check_answer(scored: dict[str, Any]) -> None:
         raise WarmUpError("warm-up probabilities are not 27 finite numbers")
     if abs(math.fsum(probs) - 1.0) > 1e-4:
         raise WarmUpError(f"warm-up probabilities sum to {math.fsum(probs):.6f}, not 1")
-    if scored["image_status"] != "ok":
+    if scored["image_status"] not in WARM_UP_IMAGE_STATUSES:
         raise WarmUpError(f"warm-up image was not scored: {scored['image_status']}")
 
 
