@@ -1,7 +1,9 @@
-"""The in-process engine: the stages called one after the other on batches."""
+"""The in-process engine: the stages called on batches, each stage on a thread of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pandas as pd
 from rakuten_ray.bundle import open_bundle
 from rakuten_ray.config import ScoringParams
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, empty_predictions
+from rakuten_ray.scoring.pipelining import pipelined
 from rakuten_ray.scoring.stages import FusionStage, ImagePrepStage, ImageStage, TextStage
 
 DEFAULT_BATCH_ROWS = 256
@@ -24,6 +27,11 @@ class FinalPipeline:
         scoring: the stages' settings (default: the bundle's). Each stage runs with the torch
             threads and model batch size its entry gives the Ray engine's actors, so the two
             engines give identical bytes (raise ``scoring.*.num_cpus`` for more threads).
+
+    The stages overlap, each on a thread of its own (:func:`~rakuten_ray.scoring.pipelining.
+    pipelined`), when the text and image stages run the same number of torch threads: torch's
+    thread count is one setting for the whole process, so stages that want different counts
+    run one after the other instead.
     """
 
     def __init__(
@@ -37,6 +45,7 @@ class FinalPipeline:
         self.image = ImageStage(self.bundle_dir, self.scoring.image)
         self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion)
         self._prep: dict[str, ImagePrepStage] = {}
+        self.overlapping = self.text.num_threads == self.image.num_threads
 
     def _prep_stage(self, image_dir: str) -> ImagePrepStage:
         if image_dir not in self._prep:
@@ -59,12 +68,21 @@ class FinalPipeline:
             products = products.assign(**{ROW_COLUMN: np.arange(len(products))})
         if products.empty:
             return empty_predictions()
-        prep = self._prep_stage(str(image_dir))
-        parts = [
-            self.fusion(self.image(prep(self.text(products.iloc[start : start + self.batch_size]))))
+        batches = (
+            products.iloc[start : start + self.batch_size]
             for start in range(0, len(products), self.batch_size)
-        ]
-        return pd.concat(parts, ignore_index=True)
+        )
+        return pd.concat(list(self.predict_batches(batches, image_dir)), ignore_index=True)
+
+    def predict_batches(
+        self, batches: Iterable[pd.DataFrame], image_dir: str | Path
+    ) -> Iterator[pd.DataFrame]:
+        """Each batch's output rows, in order, for batches that already carry the ``index``
+        and ``row`` columns (staged shards do); read lazily, a few batches ahead."""
+        stages = [self.text, self._prep_stage(str(image_dir)), self.image, self.fusion]
+        if self.overlapping:
+            return pipelined(stages, batches)
+        return (reduce(lambda batch, stage: stage(batch), stages, b) for b in batches)
 
     def predict_labels(self, products: pd.DataFrame, image_dir: str | Path) -> np.ndarray:
         """Final ``prdtypecode`` of each row, in input order."""

@@ -114,12 +114,17 @@ def _score_locally(
     from rakuten_ray.scoring.local import FinalPipeline
 
     pipeline = FinalPipeline(bundle_dir, scoring=scoring)
+
+    def batches() -> Iterator[pd.DataFrame]:
+        for shard in shards:
+            frame = pd.read_parquet(shard)
+            frame = frame[~frame[ROW_COLUMN].isin(skip)]
+            for start in range(0, len(frame), pipeline.batch_size):
+                yield frame.iloc[start : start + pipeline.batch_size]
+
     files = PredictionFiles(predictions, scoring.rows_per_output_file)
-    for shard in shards:
-        frame = pd.read_parquet(shard)
-        frame = frame[~frame[ROW_COLUMN].isin(skip)]
-        for start in range(0, len(frame), pipeline.batch_size):
-            files.add(pipeline.predict(frame.iloc[start : start + pipeline.batch_size], image_dir))
+    for scored in pipeline.predict_batches(batches(), image_dir):
+        files.add(scored)
     files.close()
 
 
