@@ -12,9 +12,6 @@ the other waits.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from autoscale_run import REPORT_PREFIX
-from helpers import production_shaped_config, read_predictions
+from helpers import production_shaped_config, read_predictions, run_reporting_script
 from safetensors.torch import load_file
 
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, X_TEST_FILE
@@ -90,20 +87,8 @@ def grown_run(
     paths_config.save(config)
     command = [sys.executable, str(AUTOSCALE_SCRIPT), str(config), str(tiny_catalogue),
                str(root / "run")]  # fmt: skip
-    # Its own session, so that a run past the limit takes the cluster's processes with it.
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = child.communicate(timeout=TRAINING_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        stdout, stderr = child.communicate()
-        pytest.fail(f"training on the growing cluster ran past {TRAINING_TIMEOUT_S} s: "
-                    f"{stderr[-4000:]}")  # fmt: skip
-    assert child.returncode == 0, stderr[-4000:]
-    line = next(x for x in stdout.splitlines() if x.startswith(REPORT_PREFIX))
-    return GrownRun(RunLayout(root / "run"), json.loads(line.removeprefix(REPORT_PREFIX)))
+    report = run_reporting_script(command, TRAINING_TIMEOUT_S, REPORT_PREFIX)
+    return GrownRun(RunLayout(root / "run"), report)
 
 
 @pytest.fixture(scope="module")
