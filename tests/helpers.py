@@ -3,14 +3,37 @@ readers and writers of scoring outputs, headless Chromium, and small local model
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from tiny_models import TinyProductionModels
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_reporting_script(command: list[str], timeout_s: float, prefix: str) -> dict[str, Any]:
+    """Run a script that starts a Ray cluster of its own, in its own session (so that a run
+    past ``timeout_s`` takes the cluster's processes with it); the JSON report it printed on
+    its last line that starts with ``prefix`` (Ray's log lines reach stdout around it)."""
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        pytest.fail(f"{command[1]} ran past {timeout_s} s: {stderr[-4000:]}")
+    assert child.returncode == 0, stderr[-4000:]
+    lines = [line for line in stdout.splitlines() if line.startswith(prefix)]
+    assert lines, stdout[-4000:]
+    return json.loads(lines[-1].removeprefix(prefix))
 
 
 def sample_dir() -> Path | None:

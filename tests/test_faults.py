@@ -7,17 +7,15 @@ checked bit for bit against an in-process run.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from fault_injection import local_ray_workers, predictions_written, run_with_fault
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, run_reporting_script
 from node_loss_run import REPORT_PREFIX
 
 from rakuten_ray.catalog import X_TEST_FILE
@@ -100,20 +98,7 @@ def test_lost_worker_node_leaves_the_output_unchanged(
         sys.executable, str(NODE_LOSS_SCRIPT), str(tiny_run / "bundle"), str(long_input),
         str(tiny_catalogue / "images/image_test"), str(out), str(SHARD_ROWS), *OVERRIDES,
     ]  # fmt: skip
-    # Its own session, so that a run past the limit takes the cluster's processes with it.
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = child.communicate(timeout=FAULT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        stdout, stderr = child.communicate()
-        pytest.fail(f"scoring through a node loss ran past {FAULT_TIMEOUT_S} s: {stderr[-4000:]}")
-    assert child.returncode == 0, stderr[-4000:]
-    lines = [line for line in stdout.splitlines() if line.startswith(REPORT_PREFIX)]
-    assert lines, stdout[-4000:]
-    report = json.loads(lines[-1].removeprefix(REPORT_PREFIX))
+    report = run_reporting_script(command, FAULT_TIMEOUT_S, REPORT_PREFIX)
     assert report["node_removed_mid_run"], report
     assert report["nodes_after"] == report["nodes_before"] - 1, report
     assert_same_predictions(out, undisturbed)

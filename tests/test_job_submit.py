@@ -1,9 +1,10 @@
-"""``jobs/score.py`` submitted with ``ray job submit`` to a real local Ray cluster.
+"""The job entrypoints (``jobs/train.py``, ``jobs/score.py``, ``jobs/serve.py``) submitted
+with ``ray job submit`` to a real local Ray cluster.
 
 The cluster is a separate ``ray start --head`` next to the session's in-process Ray
 (``ray_local``) and other Ray instances on the machine: it gets its own ports and its own
 temp dir, and teardown ends only the processes that name that temp dir, never ``ray stop``
-(which would kill every Ray process on the machine).
+(which would kill every Ray process on the machine). The module's jobs share it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, read_predictions
 
 RAY = Path(sys.executable).parent / "ray"
 JOB_TIMEOUT_S = 600
@@ -100,8 +102,8 @@ def _end_processes(markers: list[str], grace_s: float = 10.0) -> None:
             return
 
 
-@pytest.fixture()
-def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
     """A 2-CPU head on ports of its own; its processes are ended afterwards."""
     # A short path: Ray puts Unix sockets under it and socket paths are limited to 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="rrjob", dir="/tmp"))
@@ -126,6 +128,85 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def submit(
+    cluster: LocalCluster, submission_id: str, entrypoint: list[str], *options: str
+) -> subprocess.CompletedProcess:
+    """``ray job submit`` of ``entrypoint`` with the repository as its working dir."""
+    command = [
+        str(RAY), "job", "submit", "--address", cluster.dashboard_url,
+        "--submission-id", submission_id, "--working-dir", str(REPO_ROOT),
+        "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES}), *options,
+        "--", *entrypoint,
+    ]  # fmt: skip
+    return subprocess.run(
+        command, env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+    )
+
+
+def job_client(cluster: LocalCluster) -> Any:
+    """The cluster's ``JobSubmissionClient``."""
+    from ray.job_submission import JobSubmissionClient
+
+    # The token explicitly: this process may hold a different one for the session's Ray.
+    return JobSubmissionClient(
+        cluster.dashboard_url, headers={"Authorization": f"Bearer {cluster.env['RAY_AUTH_TOKEN']}"}
+    )
+
+
+def job_log(submitted: subprocess.CompletedProcess) -> str:
+    return submitted.stdout[-4000:] + submitted.stderr[-4000:]
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """A training run made by ``jobs/train.py``, and what its submission printed."""
+
+    out: Path
+    submission_id: str
+    log: str
+
+
+@pytest.fixture(scope="module")
+def job_run(
+    local_cluster: LocalCluster, tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory
+) -> JobRun:
+    """A TF-IDF-only training run submitted as a job (the lightest run that seals a bundle)."""
+    from rakuten_ray.config import config_from_dict, load_config
+
+    root = tmp_path_factory.mktemp("train_job")
+    data = load_config(REPO_ROOT / "configs/demo.yaml").to_dict()
+    data["text_models"] = [m for m in data["text_models"] if m["kind"] == "tfidf_svm"]
+    data["text_models"][0]["scaling"]["cpus_per_worker"] = 1
+    data["image_models"] = []
+    data["fusion"]["cv_folds"] = 3
+    config, out = root / "config.yaml", root / "run"
+    config_from_dict(data).save(config)
+    entrypoint = [sys.executable, "jobs/train.py", "--config", str(config),
+                  "--data", str(tiny_catalogue), "--out", str(out)]  # fmt: skip
+    submission_id = f"train-{int(time.time())}"
+    try:
+        submitted = submit(local_cluster, submission_id, entrypoint)
+    finally:
+        _end_processes([str(out)])
+    assert submitted.returncode == 0, job_log(submitted)
+    return JobRun(out, submission_id, job_log(submitted))
+
+
+@pytest.mark.slow
+def test_train_job_seals_a_verified_bundle(job_run: JobRun, local_cluster: LocalCluster) -> None:
+    from ray.job_submission import JobStatus
+
+    from rakuten_ray.bundle import load_bundle
+
+    client = job_client(local_cluster)
+    assert client.get_job_status(job_run.submission_id) == JobStatus.SUCCEEDED, job_run.log
+    assert "bundle sealed in" in client.get_job_logs(job_run.submission_id)
+    bundle = load_bundle(job_run.out / "bundle")  # every file checked against its manifest
+    assert [spec.name for spec in bundle.config.models()] == ["tfidf_svm"]
+    metrics = json.loads((job_run.out / "metrics.json").read_text())
+    assert list(metrics["base_models"]) == ["tfidf_svm"]
+
+
 @pytest.mark.slow
 def test_score_job_on_local_cluster(
     tiny_run: Path, tiny_catalogue: Path, local_cluster: LocalCluster, tmp_path: Path
@@ -141,30 +222,17 @@ def test_score_job_on_local_cluster(
         "--out", str(out),
     ]  # fmt: skip
     submission_id = f"score-{int(time.time())}"
-    command = [
-        str(RAY), "job", "submit", "--address", local_cluster.dashboard_url,
-        "--submission-id", submission_id, "--working-dir", str(REPO_ROOT),
-        "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES}),
-        "--", *entrypoint,
-    ]  # fmt: skip
     try:
-        submitted = subprocess.run(
-            command, env=local_cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
-        )
+        submitted = submit(local_cluster, submission_id, entrypoint)
     finally:
         # Ends the job's driver too if it outlives the wait (its command line names `out`).
         _end_processes([str(out)])
-    log = submitted.stdout[-4000:] + submitted.stderr[-4000:]
+    log = job_log(submitted)
     assert submitted.returncode == 0, log
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    # The token explicitly: this process may hold a different one for the session's Ray.
-    client = JobSubmissionClient(
-        local_cluster.dashboard_url,
-        headers={"Authorization": f"Bearer {local_cluster.env['RAY_AUTH_TOKEN']}"},
-    )
-    assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED, log
+    assert job_client(local_cluster).get_job_status(submission_id) == JobStatus.SUCCEEDED, log
 
     inputs = pd.read_csv(source, index_col=0)
     predictions = pd.read_parquet(out / "predictions")
@@ -187,3 +255,67 @@ def test_score_job_on_local_cluster(
         assert (folder / "jobs" / "score.py").is_file()
         assert (folder / "rakuten_ray" / "cli.py").is_file()
         assert not (folder / ".venv").exists()
+
+
+def serve_until_ready(cluster: LocalCluster, submission_id: str, port: int) -> Any:
+    """A client of the service the job deploys, once ``/readyz`` answers 200; fails with the
+    job's logs if the job ends first or the service is not ready in time."""
+
+    from rakuten_ray.serving.client import START_TIMEOUT_S, Client
+
+    client, jobs = Client(f"http://127.0.0.1:{port}"), job_client(cluster)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if client.get("/readyz")[0] == 200:
+                return client
+        status = jobs.get_job_status(submission_id)
+        if status.is_terminal():
+            pytest.fail(f"serve job ended {status}: {jobs.get_job_logs(submission_id)[-4000:]}")
+        time.sleep(1)
+    pytest.fail(f"serve job not ready in {START_TIMEOUT_S} s: {jobs.get_job_logs(submission_id)}")
+
+
+@pytest.mark.slow
+def test_serve_job_answers_as_batch_scoring_until_stopped(
+    job_run: JobRun, local_cluster: LocalCluster, tiny_catalogue: Path, tmp_path: Path
+) -> None:
+    """The job deploys the bundle the train job sealed; its answers are batch scoring's;
+    ``ray job stop`` ends the job and the service with it."""
+    from ray.job_submission import JobStatus
+
+    from rakuten_ray.catalog import X_TEST_FILE
+    from rakuten_ray.scoring.run import run_scoring
+    from rakuten_ray.serving.client import free_port, product
+
+    bundle, port = job_run.out / "bundle", free_port()
+    entrypoint = [sys.executable, "jobs/serve.py", "--bundle", str(bundle), "--port", str(port),
+                  "--drain-seconds", "0", "--set", "serving.num_cpus=1"]  # fmt: skip
+    submission_id = f"serve-{int(time.time())}"
+    try:
+        submitted = submit(local_cluster, submission_id, entrypoint, "--no-wait")
+        assert submitted.returncode == 0, job_log(submitted)
+        client = serve_until_ready(local_cluster, submission_id, port)
+        rows = pd.read_csv(tiny_catalogue / X_TEST_FILE, index_col=0, keep_default_na=False)
+        sent = [product(r.designation, r.description) for r in rows.head(8).itertuples()]
+        status, reply = client.predict({"products": sent})
+        assert status == 200, reply
+
+        jobs = job_client(local_cluster)
+        assert jobs.stop_job(submission_id)
+        deadline = time.monotonic() + 60
+        while not jobs.get_job_status(submission_id).is_terminal():
+            assert time.monotonic() < deadline, jobs.get_job_logs(submission_id)[-4000:]
+            time.sleep(0.5)
+        assert jobs.get_job_status(submission_id) == JobStatus.STOPPED
+        with pytest.raises(OSError):  # the service went with the job
+            client.get("/healthz")
+    finally:
+        _end_processes([str(bundle)])
+
+    out = tmp_path / "batch"
+    run_scoring(bundle, tiny_catalogue / X_TEST_FILE, tiny_catalogue / "images/image_test", out,
+                engine="local")  # fmt: skip
+    batch = read_predictions(out).head(8)
+    assert [a["prdtypecode"] for a in reply["products"]] == batch["prdtypecode"].tolist()
+    assert [a["decision"] for a in reply["products"]] == batch["decision"].tolist()

@@ -1,22 +1,27 @@
 """Training paths that only a whole run takes: early stopping, ``refit: retrain`` and two
-Ray Train runs side by side.
+Ray Train runs side by side once the cluster grows.
 
 One training run of the production-shaped config's two tiny deep text models, one Ray Train
-worker of one CPU each, so that both fit the 2-CPU local Ray instance together: CamemBERT
-learns at a rate high enough that its validation loss rises after the first epoch (patience
-1), XLM-R is retrained on every labelled row once fusion is fitted.
+worker of one CPU each: CamemBERT learns at a rate high enough that its validation loss
+rises after the first epoch (patience 1), XLM-R is retrained on every labelled row once
+fusion is fitted. The run is on a local multi-node cluster of its own (a subprocess,
+``autoscale_run.py``) that starts with room for one of the models and gains a node while
+the other waits.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from helpers import production_shaped_config, read_predictions
+from autoscale_run import REPORT_PREFIX
+from helpers import production_shaped_config, read_predictions, run_reporting_script
 from safetensors.torch import load_file
 
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, X_TEST_FILE
@@ -31,7 +36,6 @@ from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.training.data import load_training_data
 from rakuten_ray.training.deep import TECHNICAL_VAL_FRACTION
 from rakuten_ray.training.loop import HISTORY_FILE, TRAIN_STATE_FILE
-from rakuten_ray.training.protocol import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +46,8 @@ EARLY_EPOCHS = 4
 #: 3.61 after the first epoch, 3.90 after the second.
 DIVERGING_LEARNING_RATE = 0.1
 WEIGHTS_FILE = "model.safetensors"
+AUTOSCALE_SCRIPT = Path(__file__).with_name("autoscale_run.py")
+TRAINING_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +70,30 @@ def paths_config(tiny_production_models) -> RunConfig:
     return config_from_dict(config)
 
 
+@dataclass(frozen=True)
+class GrownRun:
+    """The run trained on the growing cluster, and what its placement groups did."""
+
+    layout: RunLayout
+    report: dict[str, Any]
+
+
 @pytest.fixture(scope="module")
-def paths_run(
-    paths_config: RunConfig, tiny_catalogue: Path, ray_local, tmp_path_factory
-) -> RunLayout:
-    out = tmp_path_factory.mktemp("training_paths") / "run"
-    run_training(paths_config, tiny_catalogue, out, log=lambda _: None)
-    return RunLayout(out)
+def grown_run(
+    paths_config: RunConfig, tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory
+) -> GrownRun:
+    root = tmp_path_factory.mktemp("training_paths")
+    config = root / "config.yaml"
+    paths_config.save(config)
+    command = [sys.executable, str(AUTOSCALE_SCRIPT), str(config), str(tiny_catalogue),
+               str(root / "run")]  # fmt: skip
+    report = run_reporting_script(command, TRAINING_TIMEOUT_S, REPORT_PREFIX)
+    return GrownRun(RunLayout(root / "run"), report)
+
+
+@pytest.fixture(scope="module")
+def paths_run(grown_run: GrownRun) -> RunLayout:
+    return grown_run.layout
 
 
 def base_model_report(layout: RunLayout, name: str) -> dict[str, Any]:
@@ -159,13 +182,11 @@ def test_a_retrained_model_learns_every_labelled_row_and_goes_into_the_bundle(
     assert predictions["prdtypecode"].isin(CLASS_CODES).all()
 
 
-def test_two_ray_train_runs_overlap(paths_run: RunLayout) -> None:
-    """Both deep models fit the cluster together: each Ray Train run started (its storage
-    marker) before the other wrote its last checkpoint."""
-    spans = {}
-    for name in (EARLY_STOPPED, RETRAINED):
-        storage = train_storage(paths_run, name)
-        started = (storage / ".validate_storage_marker").stat().st_mtime
-        spans[name] = (started, checkpoints(storage)[-1].stat().st_mtime)
-    (start_a, end_a), (start_b, end_b) = spans.values()
-    assert start_a < end_b and start_b < end_a, spans
+def test_a_waiting_model_starts_beside_the_other_once_a_node_joins(grown_run: GrownRun) -> None:
+    """One CPU at first: one Ray Train run held its workers' placement group while the
+    other's waited in Ray; once a second node joined, both were held at the same time."""
+    report = grown_run.report
+    assert report["waited_before_node"] and report["node_added"], report
+    assert report["most_held_before_node"] == 1, report
+    assert report["most_held_after_node"] == 2, report
+    assert report["nodes"] == 2, report

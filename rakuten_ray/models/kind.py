@@ -106,11 +106,6 @@ class ModelKind(ABC):
         settings = {name: value for name, value in values.items() if value is not None}
         return self.load_scorer(folder, pool.micro_batch_size, precision, **settings)
 
-    def resources(self, spec: Any) -> dict[str, float]:
-        """What the model holds on the cluster while it trains (one Ray task)."""
-        scaling = spec.scaling
-        return {"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0}
-
     def export(
         self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportSettings,
         heldout_logits: HeldoutLogits | None = None,
@@ -155,13 +150,6 @@ class DeepKind(ModelKind):
     @abstractmethod
     def table(self, spec: Any, rows: pd.DataFrame) -> pd.DataFrame:
         """Catalogue rows as a training table (a ``label`` column and the task's input)."""
-
-    def resources(self, spec: Any) -> dict[str, float]:
-        """Every Ray Train worker's share (as ``training.deep.scaling_config`` asks for it)."""
-        scaling = spec.scaling
-        gpus = max(scaling.gpus_per_worker, 1.0) if scaling.use_gpu else 0.0
-        return {"CPU": scaling.num_workers * scaling.cpus_per_worker,
-                "GPU": scaling.num_workers * gpus}  # fmt: skip
 
     def export(
         self, model_dir: Path, dest: Path, heldout: pd.DataFrame, params: ExportSettings,

@@ -156,11 +156,12 @@ def split_rows(config: RunConfig, data: TrainingData, layout: RunLayout, log: Lo
 def train_base_models(
     config: RunConfig, rows: RunRows, layout: RunLayout, log: Log, resume: bool = False
 ) -> dict[str, BaseModelRun]:
-    """Train every base model on its modality's rows and score its held-out rows; models
-    whose resources fit the cluster together train side by side
-    (``training.max_concurrent_models``). With ``resume``, a model that an interrupted run
-    finished is reused once its record checks out (:mod:`rakuten_ray.training.resume`)."""
-    import ray
+    """Train every base model on its modality's rows and score its held-out rows; up to
+    ``training.max_concurrent_models`` at once, each waiting in Ray for its own resources
+    (:mod:`rakuten_ray.training.scheduling`), so models whose resources the cluster holds
+    together, now or once an autoscaler has added nodes, train side by side. With
+    ``resume``, a model that an interrupted run finished is reused once its record checks
+    out (:mod:`rakuten_ray.training.resume`)."""
 
     def train(spec: ModelSpec) -> BaseModelRun:
         kind = kind_of(spec)
@@ -187,12 +188,8 @@ def train_base_models(
         log(f"base model {spec.name} ({kind.name}, {kind.trainer}) trained in {run.seconds:.0f}s")
         return run
 
-    jobs = [
-        Job(spec.name, kind_of(spec).resources(spec), partial(train, spec))
-        for spec in config.models()
-    ]
-    capacity = ray.cluster_resources()
-    runs = run_side_by_side(jobs, capacity, config.training.max_concurrent_models)
+    jobs = [Job(spec.name, partial(train, spec)) for spec in config.models()]
+    runs = run_side_by_side(jobs, config.training.max_concurrent_models)
     return {spec.name: runs[spec.name] for spec in config.models()}
 
 
