@@ -140,6 +140,8 @@ class TimmImageKind(DeepKind):
     spec_type = TimmImageSpec
     task_type = ImageTask
     scorer_settings = ("runtime", "threads")
+    # Convolutions carry an image model's work; its head is a matrix product.
+    int8_operators = ("Conv", "MatMul", "Gemm")
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
         return image_table(rows)
