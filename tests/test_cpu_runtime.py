@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification
 
 from rakuten_ray.bundle import BundleError, open_bundle
 from rakuten_ray.catalog import CatalogueDir, image_path
-from rakuten_ray.config import StagePool
+from rakuten_ray.config import ExportParams, StagePool
 from rakuten_ray.images import load_image
 from rakuten_ray.layout import CROP_PREFIX, BundleLayout, ImageStatus
 from rakuten_ray.models.registry import get_kind
@@ -56,7 +56,7 @@ def exported(
 
 
 def int8_trial(rows: pd.DataFrame, min_speedup: float) -> Int8Trial:  # noqa: F811
-    """An int8 copy of a text model, its scales fixed on every other row."""
+    """A trial of a text model's int8 copy, its scales fixed on every other row."""
     return Int8Trial(get_kind("hf_text").int8_operators, rows.iloc[::2], min_speedup)
 
 
@@ -91,13 +91,15 @@ def test_the_onnx_export_scores_as_pytorch_does_and_a_row_alone_as_among_others(
 def test_a_static_int8_copy_that_passes_the_checks_and_runs_faster_is_what_scoring_loads(
     text_model: Path, rows: pd.DataFrame, tmp_path: Path  # noqa: F811
 ) -> None:
-    # Any copy is fast enough at a required speed-up of 0: what decides is the checks.
+    # As a seal exports it. Any copy is fast enough at a required speed-up of 0: what
+    # decides is the checks. Half the rows are checked, scales are fixed on the other half.
     dest = tmp_path / "model"
-    record = exported(text_model, dest, "hf_text", rows, int8=int8_trial(rows, 0.0))
+    params = ExportParams(int8=True, int8_min_speedup=0, check_text_rows=20, calibration_rows=16)
+    record = get_kind("hf_text").export(text_model, dest, rows, params)
     assert (record.file, record.precision, record.scoring_precision) == (INT8_FILE, "int8", "int8")
     assert record.int8_row_independent and record.int8_faster
     assert record.int8_agreement >= 0.995 and 0.0 < record.int8_max_prob_diff < 0.05
-    assert record.calibration_rows == len(rows.iloc[::2])
+    assert (record.checked_rows, record.calibration_rows) == (20, 16)
     assert record.fp32_seconds > 0 and record.int8_seconds > 0
     assert not (dest / ONNX_FILE).exists()  # scoring loads the int8 copy only
     assert RuntimeRecord(**json.loads((dest / RECORD_FILE).read_text())) == record

@@ -4,8 +4,9 @@ PyTorch's eager kernels leave much of a CPU's speed unused on these small batche
 Runtime fuses the graph (batch norm into convolutions, attention into one kernel): the demo's
 image model stage runs 2.85 times as fast on one thread (docs/performance.md, "CPU
 runtime"). So when a bundle is sealed, each deep model is also exported to ONNX
-(:func:`export_runtime`, called by the model's kind): ``model.onnx`` in fp32 and, where its
-kind allows it and the held-out labels agree, an int8 copy. ``runtime.json`` names the file
+(:func:`check_exports`, called by the model's kind): ``model.onnx`` in fp32 and, where its
+kind names operators to quantise, a static int8 copy, kept in its place where it passes the
+same checks and runs faster. ``runtime.json`` names the file
 scoring loads and what the check measured; all of them are bundle files, hashed by the
 manifest like every other. The check also compares the held-out logits that fusion was fitted
 on, computed at whatever precision held-out scoring ran (bf16 on a GPU cluster), with what CPU
