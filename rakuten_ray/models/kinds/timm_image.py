@@ -142,8 +142,7 @@ class TimmImageKind(DeepKind):
     scorer_settings = ("runtime", "threads")
     # Convolutions carry an image model's work; its head is a matrix product. A Clip (ReLU6)
     # quantised with the convolution before it lets that convolution's output scale span the
-    # clipped range only: EfficientNet-Lite0 kept its fp32 labels on 92.5% of real images
-    # with it, 69% without (benchmarks/int8_exports.py).
+    # clipped range only, not the wider range before clipping, which costs most labels.
     int8_operators = ("Conv", "Clip", "MatMul", "Gemm")
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
