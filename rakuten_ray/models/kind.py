@@ -52,7 +52,13 @@ class ExportSettings(Protocol):
     def onnx(self) -> bool: ...
 
     @property
-    def int8_text(self) -> bool: ...
+    def int8(self) -> bool: ...
+
+    @property
+    def int8_min_speedup(self) -> float: ...
+
+    @property
+    def calibration_rows(self) -> int: ...
 
     @property
     def min_agreement(self) -> float: ...
@@ -138,8 +144,9 @@ class DeepKind(ModelKind):
     (:mod:`rakuten_ray.training.loop`); it declares the training task and table."""
 
     trainer = "ray_train"
-    #: Whether an int8 copy of its ONNX export may be tried (``export.int8_text``).
-    quantizable: ClassVar[bool] = False
+    #: The ONNX operator types an int8 copy of its export quantises, where ``export.int8``
+    #: asks for one (none: no copy is tried).
+    int8_operators: ClassVar[tuple[str, ...]] = ()
     #: What the training loop needs: the model, its batches, its head, how it saves.
     task_type: ClassVar[type[DeepTask]]
 
@@ -156,15 +163,20 @@ class DeepKind(ModelKind):
         heldout_logits: HeldoutLogits | None = None,
     ) -> RuntimeRecord | None:  # fmt: skip
         """The folder, then its ONNX export where ``export.onnx`` is on
-        (:func:`~rakuten_ray.models.runtime.check_exports`; int8 for kinds that allow it)."""
+        (:func:`~rakuten_ray.models.runtime.check_exports`), and its int8 copy where
+        ``export.int8`` is on and the kind names operators to quantise."""
         super().export(model_dir, dest, heldout, params)
         if not params.onnx:
             return None
-        from rakuten_ray.models.runtime import check_exports, evenly_spread
+        from rakuten_ray.models.runtime import Int8Trial, check_exports, evenly_spread
 
         scorer = self.load_scorer(dest, device="cpu", runtime="torch")
         rows = evenly_spread(heldout, params.check_rows(self.modality.value))
-        try_int8 = self.quantizable and params.int8_text
-        return check_exports(
-            scorer, dest, rows, params.min_agreement, try_int8, heldout=heldout_logits
-        )
+        int8 = None
+        if params.int8 and self.int8_operators:
+            # Scales fixed on held-out rows the check does not score, where there are enough.
+            unchecked = heldout.drop(rows.index)
+            source = unchecked if len(unchecked) >= params.calibration_rows else heldout
+            calibration = evenly_spread(source, params.calibration_rows)
+            int8 = Int8Trial(self.int8_operators, calibration, params.int8_min_speedup)
+        return check_exports(scorer, dest, rows, params.min_agreement, int8, heldout=heldout_logits)

@@ -4,8 +4,9 @@ PyTorch's eager kernels leave much of a CPU's speed unused on these small batche
 Runtime fuses the graph (batch norm into convolutions, attention into one kernel): the demo's
 image model stage runs 2.85 times as fast on one thread (docs/performance.md, "CPU
 runtime"). So when a bundle is sealed, each deep model is also exported to ONNX
-(:func:`export_runtime`, called by the model's kind): ``model.onnx`` in fp32 and, where its
-kind allows it and the held-out labels agree, an int8 copy. ``runtime.json`` names the file
+(:func:`check_exports`, called by the model's kind): ``model.onnx`` in fp32 and, where its
+kind names operators to quantise, a static int8 copy, kept in its place where it passes the
+same checks and runs faster. ``runtime.json`` names the file
 scoring loads and what the check measured; all of them are bundle files, hashed by the
 manifest like every other. The check also compares the held-out logits that fusion was fitted
 on, computed at whatever precision held-out scoring ran (bf16 on a GPU cluster), with what CPU
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -120,7 +122,7 @@ class RuntimeRecord:
     #: The ONNX file scoring loads, in the model's folder (``None``: the fp32 export
     #: disagreed with PyTorch and was not kept; scoring runs PyTorch).
     file: str | None
-    #: ``fp32``, or ``int8`` (dynamically quantised weights); ``None`` with no file.
+    #: ``fp32``, or ``int8`` (the static int8 copy); ``None`` with no file.
     precision: Literal["fp32", "int8"] | None
     #: Held-out rows scored by PyTorch and by the exports.
     checked_rows: int
@@ -128,14 +130,26 @@ class RuntimeRecord:
     fp32_agreement: float
     #: Largest difference of a class probability between the fp32 export and PyTorch.
     fp32_max_prob_diff: float
-    #: Share whose label the int8 copy gives as the fp32 model does (``None``: not tried).
-    int8_agreement: float | None = None
     #: Whether the fp32 export scored every checked row the same, bit for bit, in reverse
     #: order (other rows in its calls): an export that does not is not kept.
     row_independent: bool = True
-    #: The same for the int8 copy (``None``: not tried). Dynamic quantisation scales each
-    #: call's activations by their range over the whole call, so its rows interact.
+    #: Seconds the fp32 export's model calls took on the checked rows (the faster of two
+    #: passes; ``None`` in records written before it was measured).
+    fp32_seconds: float | None = None
+    #: Rows whose model inputs fixed the int8 copy's activation scales (``None``: no copy
+    #: was tried; so for every int8 field).
+    calibration_rows: int | None = None
+    #: Share of the checked rows whose label the int8 copy gives as PyTorch does.
+    int8_agreement: float | None = None
+    #: Largest difference of a class probability between the int8 copy and PyTorch.
+    int8_max_prob_diff: float | None = None
+    #: Whether the int8 copy scored every checked row alike in reverse order too.
     int8_row_independent: bool | None = None
+    #: Seconds the int8 copy's model calls took on the checked rows, timed as fp32's.
+    int8_seconds: float | None = None
+    #: Whether it ran at least ``export.int8_min_speedup`` times as fast as the fp32 export:
+    #: it is kept only where it is, and passes the other checks.
+    int8_faster: bool | None = None
     #: What CPU scoring computes in: the kept export's precision, else fp32 (PyTorch).
     scoring_precision: str | None = None
     #: What the held-out logits that fusion was fitted on computed in, as held-out scoring
@@ -232,13 +246,41 @@ def export_onnx(
     return path
 
 
-def quantize_int8(source: Path, dest: Path) -> Path:
-    """An int8 copy of an exported model: weights of its matrix products quantised per output
-    channel, their activations per call (ONNX Runtime's dynamic quantisation). Per channel
-    kept the demo MiniLM's labels on 98.5% of rows against 94% per tensor."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class _Feeds:
+    """Recorded model inputs, one call at a time, as ONNX Runtime's calibration reads them
+    (its ``CalibrationDataReader`` asks for ``get_next`` alone)."""
 
-    quantize_dynamic(source, dest, weight_type=QuantType.QInt8, per_channel=True)
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        self.feeds = iter(feeds)
+
+    def get_next(self) -> Mapping[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+
+def quantize_int8(
+    source: Path, dest: Path, feeds: Sequence[Mapping[str, np.ndarray]], operators: Sequence[str]
+) -> Path:
+    """An int8 copy of an exported model, quantised statically in QDQ form: weights per output
+    channel, and each quantised operator's activations on one scale fixed here from ``feeds``
+    (the inputs of calibration calls, their ranges taken min to max). A scale fixed before
+    scoring cannot depend on the rows that share a call, as dynamic quantisation's does.
+
+    Args:
+        source: the fp32 export.
+        dest: the file written (its weights are in the file itself: int8 weights of the
+            largest backbones fit in it).
+        feeds: model inputs by name, one mapping per call.
+        operators: ONNX operator types quantised (the kind's ``int8_operators``); the
+            rest run in fp32.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader = _Feeds(feeds)
+    quantize_static(
+        source, dest, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(operators),
+        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )  # fmt: skip
     return dest
 
 
@@ -297,12 +339,42 @@ def heldout_comparison(
     }
 
 
+@dataclass(frozen=True)
+class Int8Trial:
+    """What an int8 copy of an export is made from, and how much faster it must run."""
+
+    #: ONNX operator types quantised (the kind's ``int8_operators``); the rest stay fp32.
+    operators: tuple[str, ...]
+    #: Held-out rows whose model inputs fix the activation scales.
+    calibration: pd.DataFrame
+    #: The copy is kept only where the fp32 export's model calls on the checked rows take at
+    #: least this many times as long as its own (``export.int8_min_speedup``).
+    min_speedup: float
+
+
+def recorded_feeds(scorer: Exportable, rows: pd.DataFrame) -> list[dict[str, np.ndarray]]:
+    """The inputs of every model call that scoring ``rows`` makes, by name, as arrays."""
+    forward = scorer.forward
+    feeds: list[dict[str, np.ndarray]] = []
+
+    def recording(inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+        feeds.append({name: value.numpy().copy() for name, value in inputs.items()})
+        return forward(inputs)
+
+    scorer.forward = recording
+    try:
+        scorer.score_rows(rows)
+    finally:
+        scorer.forward = forward
+    return feeds
+
+
 def check_exports(
     scorer: Exportable,
     folder: Path,
     rows: pd.DataFrame,
     min_agreement: float,
-    try_int8: bool,
+    int8: Int8Trial | None = None,
     num_threads: int = 1,
     heldout: HeldoutLogits | None = None,
 ) -> RuntimeRecord:
@@ -311,12 +383,14 @@ def check_exports(
     The fp32 export is kept when its labels agree with PyTorch's on at least
     ``min_agreement`` of the rows and it scores each row the same bit for bit whatever rows
     share its calls (checked by scoring the rows again in reverse order): an export whose
-    rows interact would break the engines' byte-identical output. With ``try_int8``, an int8
-    copy replaces it when it passes both checks too. ``runtime.json`` records what was
-    measured and names the file scoring loads, or none (scoring stays on PyTorch). With
-    ``heldout`` (this model's held-out logits, computed by the same weights), it also records
-    how far what CPU scoring computes on ``rows`` lies from those logits, and whether both
-    ran at the same precision.
+    rows interact would break the engines' byte-identical output. With ``int8``, a static
+    int8 copy (:func:`quantize_int8`) replaces it when it passes both checks too and its
+    model calls are ``int8.min_speedup`` times as fast (each export timed on the faster of
+    its two passes over ``rows``, in this process, one after the other). ``runtime.json``
+    records what was measured and names the file scoring loads, or none (scoring stays on
+    PyTorch). With ``heldout`` (this model's held-out logits, computed by the same weights),
+    it also records how far what CPU scoring computes on ``rows`` lies from those logits,
+    and whether both ran at the same precision.
 
     Returns:
         The record written.
@@ -327,32 +401,48 @@ def check_exports(
     reference = scorer.score_rows(rows)
     expected = reference.to_numpy()
 
-    def scored_with(file: str) -> tuple[np.ndarray, bool]:
-        """An export's logits of ``rows``, and whether reversing the rows left them as is."""
-        scorer.forward = OnnxForward(folder / file, num_threads)
-        forward = scorer.score_rows(rows)
-        backward = scorer.score_rows(rows.iloc[::-1]).loc[forward.index]
-        return forward.to_numpy(), bool(np.array_equal(forward.to_numpy(), backward.to_numpy()))
+    def scored_with(file: str) -> tuple[np.ndarray, bool, float]:
+        """An export's logits of ``rows``, whether reversing the rows left them as is, and
+        the seconds its model calls took in the faster of the two passes."""
+        forward = OnnxForward(folder / file, num_threads)
+        spent = [0.0, 0.0]
+        passes = []
+        for index, order in enumerate((rows, rows.iloc[::-1])):
 
-    fp32, independent = scored_with(ONNX_FILE)
+            def timed(inputs: Mapping[str, torch.Tensor], index: int = index) -> np.ndarray:
+                start = time.perf_counter()
+                logits = forward(inputs)
+                spent[index] += time.perf_counter() - start
+                return logits
+
+            scorer.forward = timed
+            passes.append(scorer.score_rows(order))
+        scorer.forward = forward
+        first, second = passes[0].to_numpy(), passes[1].loc[passes[0].index].to_numpy()
+        return first, bool(np.array_equal(first, second)), min(spent)
+
+    fp32, independent, fp32_seconds = scored_with(ONNX_FILE)
     logits = {ONNX_FILE: fp32}
     record = RuntimeRecord(
         ONNX_FILE, "fp32", len(expected), label_agreement(expected, fp32),
-        max_prob_diff(expected, fp32), row_independent=independent,
+        max_prob_diff(expected, fp32), row_independent=independent, fp32_seconds=fp32_seconds,
     )  # fmt: skip
     if record.fp32_agreement < min_agreement or not independent:
         remove_export(folder / ONNX_FILE)
         record = replace(record, file=None, precision=None)
-    elif try_int8:
-        int8, int8_independent = scored_with(
-            quantize_int8(folder / ONNX_FILE, folder / INT8_FILE).name
-        )
-        logits[INT8_FILE] = int8
+    elif int8 is not None:
+        feeds = recorded_feeds(scorer, int8.calibration)  # scorer.forward: the fp32 export
+        quantize_int8(folder / ONNX_FILE, folder / INT8_FILE, feeds, int8.operators)
+        quantized, int8_independent, int8_seconds = scored_with(INT8_FILE)
+        logits[INT8_FILE] = quantized
         record = replace(
-            record, int8_agreement=label_agreement(expected, int8),
-            int8_row_independent=int8_independent,
+            record, calibration_rows=len(int8.calibration),
+            int8_agreement=label_agreement(expected, quantized),
+            int8_max_prob_diff=max_prob_diff(expected, quantized),
+            int8_row_independent=int8_independent, int8_seconds=int8_seconds,
+            int8_faster=fp32_seconds >= int8.min_speedup * int8_seconds,
         )  # fmt: skip
-        if record.int8_agreement >= min_agreement and int8_independent:
+        if record.int8_agreement >= min_agreement and int8_independent and record.int8_faster:
             remove_export(folder / ONNX_FILE)  # scoring loads the int8 copy only
             record = replace(record, file=INT8_FILE, precision="int8")
         else:

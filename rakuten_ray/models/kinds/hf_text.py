@@ -124,7 +124,8 @@ class HfTextKind(DeepKind):
     modality = Modality.TEXT
     spec_type = HfTextSpec
     task_type = TextTask
-    quantizable = True
+    # The encoder's matrix products: its work, and what int8 kernels speed up.
+    int8_operators = ("MatMul", "Gemm")
     scorer_settings = ("tokens_per_call", "runtime", "threads")
 
     def table(self, spec: HfTextSpec, rows: pd.DataFrame) -> pd.DataFrame:

@@ -140,6 +140,10 @@ class TimmImageKind(DeepKind):
     spec_type = TimmImageSpec
     task_type = ImageTask
     scorer_settings = ("runtime", "threads")
+    # Convolutions carry an image model's work; its head is a matrix product. A Clip (ReLU6)
+    # quantised with the convolution before it lets that convolution's output scale span the
+    # clipped range only, not the wider range before clipping, which costs most labels.
+    int8_operators = ("Conv", "Clip", "MatMul", "Gemm")
 
     def table(self, spec: TimmImageSpec, rows: pd.DataFrame) -> pd.DataFrame:
         return image_table(rows)
