@@ -25,7 +25,14 @@ import pandas as pd
 from rakuten_ray.bundle import FusionState, ModelEntry, seal_bundle
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, codes_to_indices
 from rakuten_ray.config import RunConfig
-from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_modality, fit_stack
+from rakuten_ray.fusion.fitting import (
+    ModalityFit,
+    ScoredModel,
+    StackFit,
+    fit_modality,
+    fit_stack,
+    fusion_folds,
+)
 from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.lifecycle import PhaseClock
@@ -198,7 +205,7 @@ def train_base_models(
 
 def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
     """``fit`` with its blended probabilities kept on ``text_rows`` only (for the stacks)."""
-    return dataclasses.replace(fit, probs=fit.probs.loc[fit.probs.index.isin(text_rows)])
+    return fit.on_rows(fit.probs.index[fit.probs.index.isin(text_rows)])
 
 
 def fit_fusion(
@@ -214,14 +221,15 @@ def fit_fusion(
         return [ScoredModel(s.name, s.kind, runs[s.name].heldout_scores) for s in specs]
 
     method = config.fusion.blend
-    text = fit_modality(scored(config.text_models), y_idx, rows.test, method)
+    folds = fusion_folds(y_idx, config.fusion.cv_folds, config.seed)
+    text = fit_modality(scored(config.text_models), y_idx, folds, rows.test, method)
     image = None
     if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
-        image = fit_modality(scored(config.image_models), y_idx, rows.test, method)
+        image = fit_modality(scored(config.image_models), y_idx, folds, rows.test, method)
     # Image temperatures and weights use every held-out image; the stacks only rows with text.
     text_rows = rows.by_modality[Modality.TEXT].heldout.index
     image_with_text = rows_with_text(image, text_rows) if image is not None else None
-    stack = fit_stack(text, image_with_text, y_idx, rows.test, config.fusion, config.seed)
+    stack = fit_stack(text, image_with_text, y_idx, folds, rows.test, config.fusion)
     scores = {
         part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
     }
