@@ -381,6 +381,9 @@ def _routing_report(routing: RoutingFit) -> RoutingReport:
         target_precision=policy.target_precision,
         expected=RoutingEstimate(**routing.expected),
         expected_internal_test=RoutingEstimate(**routing.expected_internal_test),
+        expected_per_path={
+            path: RoutingEstimate(**values) for path, values in routing.expected_per_path.items()
+        },
         thresholds={"with_image": asdict(policy.with_image), "text_only": asdict(policy.text_only)},
         curve=routing.curve,
     )

@@ -112,9 +112,12 @@ class RoutingReport:
     #: Cross-fitted on every held-out row with text.
     expected: RoutingEstimate
     expected_internal_test: RoutingEstimate
-    #: Per path (``with_image``, ``text_only``): ``global_threshold`` and ``per_class``.
+    #: Per path (``with_image``, ``text_only``): ``global_threshold``, ``per_class`` and
+    #: ``rule`` (``own``, or ``shared`` where the path's rows were too few to set it).
     thresholds: dict[str, Any]
     curve: list[dict[str, float]]
+    #: Cross-fitted on each path's held-out rows (``with_image``, ``text_only``).
+    expected_per_path: dict[str, RoutingEstimate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
