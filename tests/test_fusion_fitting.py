@@ -82,6 +82,7 @@ def test_reported_figures_come_from_fits_without_their_rows() -> None:
     reported = fit.report["models"]["a"]
     assert reported["internal_test"] == pytest.approx(expected)
     assert reported["calibration"]["after"]["log_loss"] == pytest.approx(expected["log_loss"])
+    assert reported["calibration"]["fold_temperatures"][str(FOLD)] == pytest.approx(temperatures[0])
     blend_expected = classification_summary(fit.out_of_fold.to_numpy()[on_test], labels[on_test])
     assert fit.report["blend"]["internal_test"] == pytest.approx(blend_expected)
     # ... which are not the in-sample figures of the bundle's own fit.

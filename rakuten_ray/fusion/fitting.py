@@ -119,14 +119,16 @@ def fit_modality(
     # its sigmoid-calibrated probabilities, which are often too flat over 27 classes.
     temperatures, fit = _calibrate_and_blend(logits, labels, blend_method)
     out_of_fold = [np.empty_like(z) for z in logits]
+    fold_temperatures: list[dict[str, float]] = [{} for _ in models]
     fold_probs, oof_blend = {}, np.empty_like(logits[0])
     for fold in np.unique(fold_of):
         fit_rows, scored = fold_of != fold, fold_of == fold
         fold_t, fold_fit = _calibrate_and_blend(
             [z[fit_rows] for z in logits], labels[fit_rows], blend_method
         )
-        for oof, z, t in zip(out_of_fold, logits, fold_t, strict=True):
+        for oof, z, t, by_fold in zip(out_of_fold, logits, fold_t, fold_temperatures, strict=True):
             oof[scored] = apply_temperature(z[scored], t)
+            by_fold[str(int(fold))] = float(t)
         blended = calibrated_blend(logits, fold_t, fold_fit.weights)
         fold_probs[int(fold)] = pd.DataFrame(blended, index=rows)
         oof_blend[scored] = blended[scored]
@@ -135,12 +137,15 @@ def fit_modality(
         model.name: {
             "kind": model.kind,
             "internal_test": classification_summary(oof[on_test], labels[on_test]),
-            "calibration": calibration_report(
-                z[on_test], labels[on_test], temperature, calibrated=oof[on_test]
-            ),
+            "calibration": {
+                **calibration_report(
+                    z[on_test], labels[on_test], temperature, calibrated=oof[on_test]
+                ),
+                "fold_temperatures": by_fold,
+            },
         }
-        for model, z, oof, temperature in zip(
-            models, logits, out_of_fold, temperatures, strict=True
+        for model, z, oof, temperature, by_fold in zip(
+            models, logits, out_of_fold, temperatures, fold_temperatures, strict=True
         )
     }
     names = [m.name for m in models]

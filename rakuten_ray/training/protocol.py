@@ -212,16 +212,16 @@ def fit_fusion(
     config: RunConfig, runs: dict[str, BaseModelRun], rows: RunRows, layout: RunLayout, log: Log
 ) -> FusionFit:
     """Temperatures, blend weights and the stack, on the held-out rows (their class indices
-    are saved next to the run, for reports)."""
+    and cross-fitting folds are saved next to the run, for reports)."""
     heldout = rows.by_modality[Modality.IMAGE].heldout  # the labelled held-out rows and more
     y_idx = pd.Series(codes_to_indices(heldout[LABEL_COLUMN]), index=heldout.index)
-    y_idx.rename("label").to_frame().to_parquet(layout.heldout_labels)
+    folds = fusion_folds(y_idx, config.fusion.cv_folds, config.seed)
+    y_idx.rename("label").to_frame().assign(fold=folds).to_parquet(layout.heldout_labels)
 
     def scored(specs: list[ModelSpec]) -> list[ScoredModel]:
         return [ScoredModel(s.name, s.kind, runs[s.name].heldout_scores) for s in specs]
 
     method = config.fusion.blend
-    folds = fusion_folds(y_idx, config.fusion.cv_folds, config.seed)
     text = fit_modality(scored(config.text_models), y_idx, folds, rows.test, method)
     image = None
     if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):

@@ -34,12 +34,14 @@ class Scores:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A model's temperature and its calibration scores before (T = 1) and after it, on the
-    internal-test rows."""
+    """A model's temperature (the bundle's, fitted on every held-out row) and its calibration
+    scores on the internal-test rows before (T = 1) and after temperature scaling, each row
+    scaled by the temperature fitted without its fold (``fold_temperatures``, by fold id)."""
 
     temperature: float
     before: dict[str, float]
     after: dict[str, float]
+    fold_temperatures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
