@@ -244,6 +244,13 @@ def fit_fusion(
         f"review routing at {config.review.target_precision:.0%} precision: "
         f"{expected['coverage']:.1%} of held-out rows accepted automatically (cross-fitted)"
     )
+    for path, estimate in routing.expected_per_path.items():
+        if estimate["auto_rows"]:
+            low, high = estimate["precision_interval"]
+            log(
+                f"  {path}: {estimate['auto_rows']} of {estimate['rows']} rows accepted, "
+                f"precision {estimate['precision']:.3f} ({low:.3f} to {high:.3f})"
+            )
     return FusionFit(text, image, image_with_text, stack, routing)
 
 
