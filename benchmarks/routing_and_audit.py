@@ -7,7 +7,10 @@ After ``rakuten-ray train`` on that catalogue, ``measure`` scores the kept rows 
 (in-process engine) and reports
 
 - the review routing on them: the share of rows decided ``auto`` and the precision of those,
-  against the target and the run's own cross-fitted estimate (``RUN/metrics.json``);
+  against the target and the run's own cross-fitted estimate (``RUN/metrics.json``), overall
+  and on each scoring path (rows with a usable image, rows without), each precision with its
+  Wilson 95% interval and row count; the same for a stricter policy that also sends every row
+  whose text and image models name different codes to review (``disagreeing to review``);
 - the audit: a share of the kept rows' labels (``--changed``, 5%) is changed to another code
   at random, ``run_audit`` ranks the disputes, and the recall of the changed rows in its top k
   is given for k = 1x and 2x the number changed;
@@ -37,6 +40,8 @@ from common import SAMPLE, format_table, write_results
 from rakuten_ray.audit import run_audit
 from rakuten_ray.catalog import CLASS_CODES, X_TRAIN_FILE, Y_TRAIN_FILE, read_labels
 from rakuten_ray.evaluation import evaluate_predictions
+from rakuten_ray.fusion.routing import routing_estimate
+from rakuten_ray.layout import ImageStatus
 from rakuten_ray.scoring.run import run_scoring
 from rakuten_ray.splits import stratified_splits
 from rakuten_ray.training.data import X_IMAGES_ONLY_FILE, Y_IMAGES_ONLY_FILE
@@ -78,11 +83,31 @@ def change_labels(labels: pd.Series, share: float, seed: int) -> tuple[pd.Series
     return changed, chosen
 
 
+def routing_by_path(predictions: pd.DataFrame, right: np.ndarray) -> dict[str, Any]:
+    """Auto share and precision of the bundle's policy and of the stricter one, per path."""
+    has_image = (predictions["image_status"] == ImageStatus.OK.value).to_numpy()
+    image_codes = predictions["image_prdtypecode"].to_numpy(dtype=np.float64, na_value=np.nan)
+    disagree = has_image & (predictions["text_prdtypecode"].to_numpy() != image_codes)
+    auto = (predictions["decision"] == "auto").to_numpy()
+    paths = {
+        "all": np.ones(len(auto), dtype=bool),
+        "with_image": has_image,
+        "text_only": ~has_image,
+        "with_image_disagreeing": disagree,
+    }
+    policies = {"thresholds": auto, "disagreeing_to_review": auto & ~disagree}
+    return {
+        policy: {path: routing_estimate(chosen[rows], right[rows]) for path, rows in paths.items()}
+        for policy, chosen in policies.items()
+    }
+
+
 def measure(run: Path, data: Path, out: Path, share: float) -> dict[str, Any]:
     """Score the kept rows, check the routing on them, audit changed labels."""
     scored = out / "scored"
+    # Most kept rows have no image in the sample (as in training): scored from their text.
     run_scoring(run / "bundle", data / KEPT_X, data / "images" / "image_train", scored,
-                engine="local", overwrite=True)  # fmt: skip
+                engine="local", overwrite=True, allow_missing_images=True)  # fmt: skip
     metrics = evaluate_predictions(scored, data / KEPT_Y, out / "report", run)
     truth = read_labels(data / KEPT_Y)
     predictions = pd.read_parquet(scored / "predictions")
@@ -97,6 +122,11 @@ def measure(run: Path, data: Path, out: Path, share: float) -> dict[str, Any]:
         "target_precision": estimate.target_precision,
         "estimate_cross_fitted": dataclasses.asdict(estimate.expected),
         "estimate_internal_test": dataclasses.asdict(estimate.expected_internal_test),
+        "estimate_per_path": {
+            path: dataclasses.asdict(values) for path, values in estimate.expected_per_path.items()
+        },
+        "thresholds": estimate.thresholds,
+        "by_path": routing_by_path(predictions, right),
         "weighted_f1": metrics["final"]["weighted_f1"],
     }
     current, changed = change_labels(truth, share, SEED)
@@ -134,6 +164,12 @@ def main() -> None:
         ["rows", "accuracy", "auto share", "precision of auto", "target", "F1"],
         [[r["rows"], r["accuracy"], r["coverage"], r["precision_of_auto"],
           r["target_precision"], r["weighted_f1"]]],
+    ))  # fmt: skip
+    print(format_table(
+        ["policy", "path", "rows", "auto rows", "auto share", "precision", "95% interval"],
+        [[policy, path, e["rows"], e["auto_rows"], e["coverage"], e["precision"],
+          "{:.3f} to {:.3f}".format(*e["precision_interval"])]
+         for policy, paths in r["by_path"].items() for path, e in paths.items()],
     ))  # fmt: skip
     n = a["changed"]
     print(f"audit: {n} labels changed; recall in the top {n}: {a[f'top_{n}']}, "

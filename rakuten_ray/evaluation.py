@@ -54,21 +54,38 @@ def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> pd.DataFrame:
     )
 
 
+def _out_of_fold_temperature(
+    logits: np.ndarray, folds: np.ndarray, temperatures: dict[str, float]
+) -> np.ndarray:
+    """Each row scaled by the temperature fitted without its fold."""
+    probs = np.empty_like(logits)
+    for fold in np.unique(folds):
+        rows = folds == fold
+        probs[rows] = apply_temperature(logits[rows], temperatures[str(int(fold))])
+    return probs
+
+
 def calibration_curves(run_dir: Path) -> dict[str, Any]:
-    """Before/after-temperature probabilities of each base model on a run's held-out rows."""
+    """Before/after-temperature probabilities of each base model on a run's held-out rows;
+    after, each row under the temperature fitted without its fold where the run recorded
+    them (runs before cross-fitted temperatures: the bundle's)."""
     run = RunLayout(run_dir)
-    labels = pd.read_parquet(run.heldout_labels)["label"]
+    heldout = pd.read_parquet(run.heldout_labels)
     report = TrainingReport.load(run.metrics)
     curves = {}
     for name, model in report.base_models.items():
-        temperature = model.calibration.temperature
+        calibration = model.calibration
         scores = pd.read_parquet(run.heldout_scores(name))
-        y_idx = labels.loc[scores.index].to_numpy()
+        y_idx = heldout["label"].loc[scores.index].to_numpy()
         logits = scores.to_numpy(dtype=np.float64)
-        curves[name] = {
-            "before (T=1)": (softmax(logits), y_idx),
-            f"after (T={temperature:.2f})": (apply_temperature(logits, temperature), y_idx),
-        }
+        if calibration.fold_temperatures and "fold" in heldout:
+            folds = heldout["fold"].loc[scores.index].to_numpy()
+            after = _out_of_fold_temperature(logits, folds, calibration.fold_temperatures)
+            label = "after (T fitted without each row's fold)"
+        else:
+            after = apply_temperature(logits, calibration.temperature)
+            label = f"after (T={calibration.temperature:.2f})"
+        curves[name] = {"before (T=1)": (softmax(logits), y_idx), label: (after, y_idx)}
     return curves
 
 

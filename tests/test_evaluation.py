@@ -13,8 +13,14 @@ from helpers import render_in_chromium, write_prediction_table
 
 from rakuten_ray.catalog import CATEGORY_NAMES, CLASS_CODES, X_TEST_FILE, codes_to_indices
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
-from rakuten_ray.evaluation import compute_evaluation, evaluate_predictions, per_class_report
-from rakuten_ray.layout import INDEX_COLUMN, ScoringLayout
+from rakuten_ray.evaluation import (
+    calibration_curves,
+    compute_evaluation,
+    evaluate_predictions,
+    per_class_report,
+)
+from rakuten_ray.fusion.calibration import apply_temperature
+from rakuten_ray.layout import INDEX_COLUMN, RunLayout, ScoringLayout
 from rakuten_ray.metrics import weighted_f1
 from rakuten_ray.synthetic import Y_TEST_FILE
 
@@ -133,3 +139,9 @@ def test_evaluate_a_real_scoring_run_with_calibration_curves(
     models = json.loads((tiny_run / "metrics.json").read_text())["base_models"]
     for name in models:
         assert (report / f"reliability_{name}.png").is_file()
+    # After temperature, each held-out row is scaled by the temperature fitted without it.
+    for name, curve in calibration_curves(tiny_run).items():
+        (probs, _), = [v for k, v in curve.items() if "without each row's fold" in k]
+        logits = pd.read_parquet(RunLayout(tiny_run).heldout_scores(name)).to_numpy()
+        bundle_t = models[name]["calibration"]["temperature"]
+        assert not np.allclose(probs, apply_temperature(logits, bundle_t))

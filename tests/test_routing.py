@@ -14,7 +14,9 @@ from rakuten_ray.fusion.routing import (
     MODALITIES_DISAGREE,
     NEVER,
     NO_IMAGE_LOW_CONFIDENCE,
+    OWN,
     REVIEW,
+    SHARED,
     PathThresholds,
     ReviewPolicy,
     fit_routing,
@@ -56,6 +58,47 @@ def test_threshold_is_the_lowest_that_reaches_the_target() -> None:
     assert threshold_for_precision(confidence, correct, 0.8) == pytest.approx(0.6)
     assert threshold_for_precision(confidence, ~correct, 0.9) == NEVER
     assert threshold_for_precision(np.array([]), np.array([], dtype=bool), 0.9) == NEVER
+
+
+def test_the_lower_bound_rule_needs_enough_rows_to_show_the_target() -> None:
+    # All right: 30 rows cannot show 95% precision (Wilson lower end 0.886), 100 can (0.963).
+    confidence = np.linspace(0.99, 0.5, 100)
+    correct = np.ones(100, dtype=bool)
+    first = slice(0, 30)
+    assert threshold_for_precision(confidence[first], correct[first], TARGET) == confidence[29]
+    assert threshold_for_precision(confidence[first], correct[first], TARGET, True) == NEVER
+    assert threshold_for_precision(confidence, correct, TARGET, lower_bound=True) == 0.5
+    # One wrong row in 100: 0.99 precision, but the interval starts at 0.946.
+    correct[10] = False
+    assert threshold_for_precision(confidence, correct, TARGET) == 0.5
+    assert threshold_for_precision(confidence, correct, TARGET, lower_bound=True) == NEVER
+
+
+def test_each_path_sets_its_threshold_where_its_own_rows_show_the_target() -> None:
+    # The more confident rows of calibrated_rows play the text-only path here.
+    probs, y_idx, confident = calibrated_rows(20_000, seed=5, overconfident_class=5)
+    has_image = ~confident
+    # The rows with an image are few, as in the real sample: 60 of them.
+    keep = ~has_image | (np.cumsum(has_image) <= 60)
+    probs, y_idx, has_image = probs[keep], y_idx[keep], has_image[keep]
+    policy = ReviewPolicy.fit(probs, y_idx, has_image, TARGET, min_class_rows=30)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_idx
+
+    text = policy.text_only
+    assert text.rule == OWN
+    accepted = confidence[~has_image] >= text.global_threshold
+    right = correct[~has_image][accepted]
+    assert wilson_interval(right.sum(), len(right))[0] >= TARGET  # the interval clears it
+    point = threshold_for_precision(confidence[~has_image], correct[~has_image], TARGET)
+    assert text.global_threshold > point  # stricter than the point estimate's threshold
+
+    # 60 rows cannot show 95% at any threshold: the shared threshold, or a tighter one.
+    image = policy.with_image
+    assert image.rule == SHARED
+    shared = threshold_for_precision(confidence, correct, TARGET, lower_bound=True)
+    own_point = threshold_for_precision(confidence[has_image], correct[has_image], TARGET)
+    assert image.global_threshold == max(shared, own_point)
+    assert ReviewPolicy.from_json(policy.to_json()) == policy
 
 
 def test_tied_confidences_are_accepted_together() -> None:
@@ -128,6 +171,10 @@ def test_the_cross_fitted_estimate_is_close_to_what_unseen_rows_give() -> None:
     assert low <= expected["precision"] <= high
     assert expected["precision"] == pytest.approx(TARGET, abs=TOLERANCE)
     assert routing.expected_internal_test["rows"] == on_test.sum()
+    paths = routing.expected_per_path
+    assert paths["with_image"]["rows"] == has_image.sum()
+    auto = paths["with_image"]["auto_rows"] + paths["text_only"]["auto_rows"]
+    assert auto == expected["auto_rows"]
     curve = routing.curve
     assert curve[0]["coverage"] == pytest.approx(1.0)
     assert [p["coverage"] for p in curve] == sorted((p["coverage"] for p in curve), reverse=True)

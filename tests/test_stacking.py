@@ -144,13 +144,12 @@ def test_folds_cover_every_row_once(counts: dict[int, int], n_splits: int) -> No
 def test_cross_fitted_probs_are_out_of_fold() -> None:
     text, image, y = two_modalities(1_000, seed=5)
     y[:2] = 26  # a class with fewer members than folds
-    oof = cross_fitted_stack_probs(
-        [text, image], y, lambda: StackingMetaModel(C=1.0), n_splits=5, seed=42
-    )
+    folds = cross_fit_folds(y, 5, seed=42)
+    same_blocks = dict.fromkeys(range(5), [text, image])
+    oof = cross_fitted_stack_probs(same_blocks, y, lambda: StackingMetaModel(C=1.0), folds)
     assert oof.shape == (1_000, K)
     np.testing.assert_allclose(oof.sum(axis=1), 1.0, atol=1e-12)
     # Rebuild one fold by hand: its rows come from a model fitted on the other folds only.
-    folds = cross_fit_folds(y, 5, seed=42)
     X = concat_blocks([text, image])
     held_out = folds == 2
     manual = StackingMetaModel(C=1.0).fit(X[~held_out], y[~held_out]).predict_proba(X[held_out])

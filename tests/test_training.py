@@ -458,8 +458,10 @@ def test_image_only_rows_are_split_and_kept_out_of_the_stack(tmp_path: Path) -> 
 
     # Fusion's image block: every held-out image; the stacks get the rows with text only.
     probs = pd.DataFrame(np.full((len(images.heldout), 27), 1 / 27), index=images.heldout.index)
-    fit = ModalityFit(["lite0"], [1.0], [1.0], probs, report={})
+    fit = ModalityFit(["lite0"], [1.0], [1.0], probs, {}, fold_probs={0: probs}, out_of_fold=probs)
     for_stack = rows_with_text(fit, text.heldout.index)
     assert set(for_stack.probs.index) == set(splits.held_out)
+    assert for_stack.fold_probs[0].index.equals(for_stack.out_of_fold.index)
+    assert for_stack.out_of_fold.index.equals(for_stack.probs.index)
     assert set(for_stack.probs.index).isdisjoint(images.train.index)
     assert len(fit.probs) == len(images.heldout)  # the original is left as it is

@@ -85,9 +85,20 @@ def _calibration_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, floa
 
 
 def calibration_report(
-    logits: np.ndarray, y_idx: np.ndarray, temperature: float
+    logits: np.ndarray,
+    y_idx: np.ndarray,
+    temperature: float,
+    calibrated: np.ndarray | None = None,
 ) -> dict[str, float | dict[str, float]]:
     """Calibration scores before (``T = 1``) and after temperature scaling.
+
+    Args:
+        logits: (rows, classes) raw model outputs.
+        y_idx: true class indices.
+        temperature: the temperature reported.
+        calibrated: the probabilities the ``after`` side is measured on; by default
+            ``softmax(logits / temperature)``. Cross-fitting passes each row's probabilities
+            under a temperature fitted without that row.
 
     Returns:
         ``{"temperature": T, "before": {...}, "after": {...}}`` where each side holds
@@ -95,8 +106,11 @@ def calibration_report(
     """
     z = check_matrix(logits, "logits")
     labels = check_labels(y_idx, z.shape[0], z.shape[1])
+    after = apply_temperature(z, temperature) if calibrated is None else calibrated
+    if after.shape != z.shape:
+        raise ValueError(f"calibrated has shape {after.shape}, expected {z.shape}")
     return {
         "temperature": _check_temperature(temperature),
         "before": _calibration_scores(softmax(z, axis=1), labels),
-        "after": _calibration_scores(apply_temperature(z, temperature), labels),
+        "after": _calibration_scores(after, labels),
     }

@@ -1,28 +1,32 @@
 """Fitting the whole fusion on held-out base-model scores.
 
 One temperature per base model, blend weights and both meta-models are fitted on rows no
-base model trained on (validation + internal test). Reported figures are measured where the
-measured part did not fit: base models on the internal-test rows; the stacks by K-fold
-cross-fitting.
+base model trained on (validation + internal test): the bundle's fusion is fitted on all of
+them. Every figure reported is measured on rows the measured part was not fitted on, by
+K-fold cross-fitting over the held-out rows: for each fold, temperatures, blend weights and
+meta-models are fitted on the other folds only and score the fold's rows, so the base
+models' calibrated scores, the blends and the stacks of the internal-test rows are all
+out-of-sample figures. Every modality and the stacks share one fold of each row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rakuten_ray.config import FusionParams
-from rakuten_ray.fusion.blending import blend, fit_blend_weights
+from rakuten_ray.fusion.blending import BlendFit, BlendMethod, blend, fit_blend_weights
 from rakuten_ray.fusion.calibration import apply_temperature, calibration_report, fit_temperature
 from rakuten_ray.fusion.stacking import (
     MetaModel,
     PooledMetaModel,
     StackingMetaModel,
     concat_blocks,
+    cross_fit_folds,
     cross_fitted_stack_probs,
 )
 from rakuten_ray.metrics import classification_summary
@@ -37,67 +41,132 @@ class ScoredModel:
     scores: pd.DataFrame
 
 
+def fusion_folds(y_idx: pd.Series, n_splits: int, seed: int) -> pd.Series:
+    """The cross-fitting fold of every held-out row, stratified by class."""
+    return pd.Series(cross_fit_folds(y_idx.to_numpy(), n_splits, seed), index=y_idx.index)
+
+
 @dataclass
 class ModalityFit:
-    """Calibrated, blended probabilities of one modality on its held-out rows."""
+    """Calibrated, blended probabilities of one modality on its held-out rows.
+
+    ``temperatures``, ``weights`` and ``probs`` are fitted on every row (the bundle's);
+    ``fold_probs[k]`` is the blend of every row under the temperatures and weights fitted
+    without fold ``k``'s rows, and ``out_of_fold`` takes each row from its own fold's.
+    """
 
     names: list[str]
     temperatures: list[float]
     weights: list[float]
     probs: pd.DataFrame
     report: dict[str, Any]
+    fold_probs: dict[int, pd.DataFrame]
+    out_of_fold: pd.DataFrame
+
+    def on_rows(self, rows: pd.Index) -> ModalityFit:
+        """The same fit with its probabilities on those of ``rows`` it has, in their order."""
+        keep = rows[rows.isin(self.probs.index)]
+        return replace(
+            self,
+            probs=self.probs.loc[keep],
+            fold_probs={k: p.loc[keep] for k, p in self.fold_probs.items()},
+            out_of_fold=self.out_of_fold.loc[keep],
+        )
+
+
+def _calibrate_and_blend(
+    logits: list[np.ndarray], labels: np.ndarray, method: BlendMethod
+) -> tuple[list[float], BlendFit]:
+    """Each model's temperature, then the blend weights of the calibrated models."""
+    temperatures = [fit_temperature(z, labels) for z in logits]
+    calibrated = [apply_temperature(z, t) for z, t in zip(logits, temperatures, strict=True)]
+    return temperatures, fit_blend_weights(calibrated, labels, method)
 
 
 def fit_modality(
-    models: Sequence[ScoredModel], y_idx: pd.Series, test_rows: pd.Index, blend_method: str
+    models: Sequence[ScoredModel],
+    y_idx: pd.Series,
+    folds: pd.Series,
+    test_rows: pd.Index,
+    blend_method: BlendMethod,
 ) -> ModalityFit:
-    """Temperatures and blend weights for one modality.
+    """Temperatures and blend weights for one modality, on every row and cross-fitted.
 
     Rows are those every model of the modality scored (for images: rows with a usable image).
 
     Args:
         models: the modality's base models with their held-out scores.
         y_idx: class index of every held-out row.
+        folds: cross-fitting fold of every held-out row (:func:`fusion_folds`).
         test_rows: internal-test rows, where each model's own metrics are measured.
         blend_method: ``inverse_log_loss`` or ``optimal``.
+
+    Raises:
+        ValueError: the modality's rows all lie in one fold, so nothing can be cross-fitted.
     """
     rows = models[0].scores.index
     for model in models[1:]:
         rows = rows.intersection(model.scores.index)
     labels = y_idx.loc[rows].to_numpy()
+    fold_of = folds.loc[rows].to_numpy()
+    if len(np.unique(fold_of)) < 2:
+        raise ValueError(
+            f"models {[m.name for m in models]}: their {len(rows)} held-out row(s) lie in "
+            f"fewer than two folds; cross-fitting needs rows in at least two"
+        )
+    logits = [model.scores.loc[rows].to_numpy(dtype=np.float64) for model in models]
+    # The TF-IDF model's scores are log-probabilities: its temperature sharpens or softens
+    # its sigmoid-calibrated probabilities, which are often too flat over 27 classes.
+    temperatures, fit = _calibrate_and_blend(logits, labels, blend_method)
+    out_of_fold = [np.empty_like(z) for z in logits]
+    fold_temperatures: list[dict[str, float]] = [{} for _ in models]
+    fold_probs, oof_blend = {}, np.empty_like(logits[0])
+    for fold in np.unique(fold_of):
+        fit_rows, scored = fold_of != fold, fold_of == fold
+        fold_t, fold_fit = _calibrate_and_blend(
+            [z[fit_rows] for z in logits], labels[fit_rows], blend_method
+        )
+        for oof, z, t, by_fold in zip(out_of_fold, logits, fold_t, fold_temperatures, strict=True):
+            oof[scored] = apply_temperature(z[scored], t)
+            by_fold[str(int(fold))] = float(t)
+        blended = calibrated_blend(logits, fold_t, fold_fit.weights)
+        fold_probs[int(fold)] = pd.DataFrame(blended, index=rows)
+        oof_blend[scored] = blended[scored]
     on_test = rows.isin(test_rows)
-    temperatures, calibrated, per_model = [], [], {}
-    for model in models:
-        logits = model.scores.loc[rows].to_numpy(dtype=np.float64)
-        # The TF-IDF model's scores are log-probabilities: its temperature sharpens or softens
-        # its sigmoid-calibrated probabilities, which are often too flat over 27 classes.
-        temperature = fit_temperature(logits, labels)
-        probs = apply_temperature(logits, temperature)
-        temperatures.append(float(temperature))
-        calibrated.append(probs)
-        per_model[model.name] = {
+    per_model = {
+        model.name: {
             "kind": model.kind,
-            "internal_test": classification_summary(probs[on_test], labels[on_test]),
-            "calibration": calibration_report(logits[on_test], labels[on_test], temperature),
+            "internal_test": classification_summary(oof[on_test], labels[on_test]),
+            "calibration": {
+                **calibration_report(
+                    z[on_test], labels[on_test], temperature, calibrated=oof[on_test]
+                ),
+                "fold_temperatures": by_fold,
+            },
         }
-    fit = fit_blend_weights(calibrated, labels, blend_method)
-    blended = blend(calibrated, fit.weights)
+        for model, z, oof, temperature, by_fold in zip(
+            models, logits, out_of_fold, temperatures, fold_temperatures, strict=True
+        )
+    }
+    names = [m.name for m in models]
     report = {
         "rows": int(len(rows)),
         "models": per_model,
         "blend": {
             "method": blend_method,
-            "weights": dict(zip([m.name for m in models], map(float, fit.weights), strict=True)),
+            "weights": dict(zip(names, map(float, fit.weights), strict=True)),
             "rules": fit.report,
-            "internal_test": classification_summary(blended[on_test], labels[on_test]),
+            "internal_test": classification_summary(oof_blend[on_test], labels[on_test]),
         },
     }
     return ModalityFit(
-        names=[m.name for m in models],
-        temperatures=temperatures,
+        names=names,
+        temperatures=[float(t) for t in temperatures],
         weights=[float(w) for w in fit.weights],
-        probs=pd.DataFrame(blended, index=rows),
+        probs=pd.DataFrame(calibrated_blend(logits, temperatures, fit.weights), index=rows),
         report=report,
+        fold_probs=fold_probs,
+        out_of_fold=pd.DataFrame(oof_blend, index=rows),
     )
 
 
@@ -123,22 +192,30 @@ def _meta_factories(C: float, structure: str, n_classes: int) -> dict[str, Calla
 
 
 def fit_meta_model(
-    blocks: list[np.ndarray], y_idx: np.ndarray, C: float, structure: str, folds: int, seed: int
+    fits: Sequence[ModalityFit], y_idx: np.ndarray, folds: np.ndarray, C: float, structure: str
 ) -> tuple[MetaModel, np.ndarray, dict[str, Any]]:
-    """Fit the meta-model on ``blocks``; with ``auto``, the structure of lower out-of-fold loss.
+    """Fit the meta-model on the blocks of ``fits`` (all on the same rows); with ``auto``, the
+    structure of lower out-of-fold loss.
+
+    Out of fold, each fold's rows are scored by a meta-model fitted on the other folds' rows
+    of the blocks that fold's temperatures and weights compute (fitted without it too).
 
     Returns:
         The meta-model fitted on every row, its out-of-fold probabilities and a report of
         each candidate's out-of-fold scores.
     """
-    n_classes = blocks[0].shape[1]
+    n_classes = fits[0].probs.shape[1]
+    fold_blocks = {
+        int(k): [fit.fold_probs[int(k)].to_numpy() for fit in fits] for k in np.unique(folds)
+    }
     candidates = {
-        name: cross_fitted_stack_probs(blocks, y_idx, factory, folds, seed)
+        name: cross_fitted_stack_probs(fold_blocks, y_idx, factory, folds)
         for name, factory in _meta_factories(C, structure, n_classes).items()
     }
     report = {name: classification_summary(oof, y_idx) for name, oof in candidates.items()}
     chosen = min(report, key=lambda name: report[name]["log_loss"])
-    model = _meta_factories(C, chosen, n_classes)[chosen]().fit(concat_blocks(blocks), y_idx)
+    final_blocks = concat_blocks([fit.probs.to_numpy() for fit in fits])
+    model = _meta_factories(C, chosen, n_classes)[chosen]().fit(final_blocks, y_idx)
     return model, candidates[chosen], {"structure": chosen, "candidates": report}
 
 
@@ -146,26 +223,26 @@ def fit_stack(
     text: ModalityFit,
     image: ModalityFit | None,
     y_idx: pd.Series,
+    folds: pd.Series,
     test_rows: pd.Index,
     params: FusionParams,
-    seed: int,
 ) -> StackFit:
     """Fit the stack on ``[P_text, P_image]`` and the text-only meta-model on ``[P_text]``.
 
     The final system's honest estimate takes, for each held-out row, the out-of-fold
     prediction of the meta-model that scoring would use for it; ``final_internal_test`` is
     that estimate on the internal-test rows, where the base models are measured too.
+    ``folds`` are those the modalities were cross-fitted with.
     """
     all_rows = text.probs.index
     y_all = y_idx.loc[all_rows].to_numpy()
-    text_block = text.probs.to_numpy()
     text_only, final, choice = fit_meta_model(
-        [text_block], y_all, params.stack_C, params.stack, params.cv_folds, seed
+        [text], y_all, folds.loc[all_rows].to_numpy(), params.stack_C, params.stack
     )
     report: dict[str, Any] = {
         "text_only": classification_summary(final, y_all),
         "text_only_choice": choice,
-        "text_blend": classification_summary(text_block, y_all),
+        "text_blend": classification_summary(text.out_of_fold.to_numpy(), y_all),
     }
     with_image = None
     has_image = np.zeros(len(all_rows), dtype=bool)
@@ -173,14 +250,14 @@ def fit_stack(
         rows = image.probs.index
         y_img = y_idx.loc[rows].to_numpy()
         positions = all_rows.get_indexer(rows)
-        blocks = [text.probs.loc[rows].to_numpy(), image.probs.to_numpy()]
         with_image, stacked, choice = fit_meta_model(
-            blocks, y_img, params.stack_C, params.stack, params.cv_folds, seed
-        )
+            [text.on_rows(rows), image], y_img, folds.loc[rows].to_numpy(), params.stack_C,
+            params.stack,
+        )  # fmt: skip
         report["with_image"] = classification_summary(stacked, y_img)
         report["with_image_choice"] = choice
         report["text_only_on_image_rows"] = classification_summary(final[positions], y_img)
-        report["image_blend"] = classification_summary(blocks[1], y_img)
+        report["image_blend"] = classification_summary(image.out_of_fold.to_numpy(), y_img)
         final[positions] = stacked
         has_image[positions] = True
     report["final"] = classification_summary(final, y_all)

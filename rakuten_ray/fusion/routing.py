@@ -2,9 +2,12 @@
 
 The final probabilities are calibrated, so a confidence threshold sets the precision of the
 accepted rows. A threshold is fitted per scoring path (rows with a usable image are scored by
-the stack, rows without by the text-only meta-model): the lowest confidence whose accepted
-rows reach ``target_precision``, so that as many rows as possible are accepted at the target.
-Within a path, a predicted class with enough held-out rows (``min_class_rows``) that needs a
+the stack, rows without by the text-only meta-model): the lowest confidence at which the lower
+end of the Wilson 95% interval of the accepted rows' precision reaches ``target_precision``,
+so that the promise holds on each path, not only on average over both. A path whose rows are
+too few to show that at any threshold (a few dozen rows with images) shares the threshold
+fitted on both paths' rows together, tightened to where its own rows' precision reaches the
+target. Within a path, a predicted class with enough held-out rows (``min_class_rows``) that needs a
 stricter threshold to reach the target on its own gets one; thresholds per class never go
 below the path's: fitted on a few hundred rows each, lower ones would pick up the noise of
 their rows (measured on calibrated simulated rows: 0.936 precision on unseen rows for a 0.95
@@ -45,25 +48,36 @@ _Z95 = 1.959964
 CURVE_POINTS = 41
 
 
+def wilson_bounds(successes: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score 95% intervals of binomial proportions, elementwise (trials > 0)."""
+    n = np.asarray(trials, dtype=np.float64)
+    p = np.asarray(successes, dtype=np.float64) / n
+    denominator = 1 + _Z95**2 / n
+    centre = (p + _Z95**2 / (2 * n)) / denominator
+    half = _Z95 * np.sqrt(p * (1 - p) / n + _Z95**2 / (4 * n**2)) / denominator
+    return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+
+
 def wilson_interval(successes: int, trials: int) -> tuple[float, float]:
     """Wilson score 95% interval of a binomial proportion (``(0, 1)`` without trials)."""
     if trials == 0:
         return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + _Z95**2 / trials
-    centre = (p + _Z95**2 / (2 * trials)) / denominator
-    half = _Z95 * np.sqrt(p * (1 - p) / trials + _Z95**2 / (4 * trials**2)) / denominator
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low, high = wilson_bounds(np.array([successes]), np.array([trials]))
+    return float(low[0]), float(high[0])
 
 
-def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> float:
+def threshold_for_precision(
+    confidence: np.ndarray, correct: np.ndarray, target: float, lower_bound: bool = False
+) -> float:
     """The lowest confidence threshold whose accepted rows (confidence >= it) have a
-    precision of at least ``target``; :data:`NEVER` when no threshold reaches it."""
+    precision of at least ``target`` (with ``lower_bound``: whose precision's Wilson 95%
+    interval starts at ``target`` or above); :data:`NEVER` when no threshold reaches it."""
     if len(confidence) == 0:
         return NEVER
     order = np.argsort(-confidence, kind="stable")
     sorted_conf = confidence[order]
-    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    right, accepted = np.cumsum(correct[order]), np.arange(1, len(order) + 1)
+    precision = wilson_bounds(right, accepted)[0] if lower_bound else right / accepted
     # Rows of equal confidence are accepted together: judge each cut at its last tied row.
     last_of_tie = np.r_[sorted_conf[1:] != sorted_conf[:-1], True]
     reaching = np.flatnonzero(last_of_tie & (precision >= target))
@@ -72,12 +86,19 @@ def threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target:
     return float(sorted_conf[reaching[-1]])
 
 
+#: How a path's global threshold was set: on its own rows, or shared with the other path.
+OWN = "own"
+SHARED = "shared"
+
+
 @dataclass(frozen=True)
 class PathThresholds:
     """Thresholds of one scoring path: per predicted class where fitted, else global."""
 
     global_threshold: float
     per_class: dict[int, float] = field(default_factory=dict)
+    #: :data:`OWN` or :data:`SHARED` (its rows too few to show the target alone).
+    rule: str = OWN
 
     def for_codes(self, codes: np.ndarray) -> np.ndarray:
         """The threshold that applies to each predicted code."""
@@ -88,10 +109,16 @@ class PathThresholds:
     @classmethod
     def fit(
         cls, confidence: np.ndarray, predicted: np.ndarray, correct: np.ndarray,
-        target: float, min_class_rows: int,
+        target: float, min_class_rows: int, shared: float,
     ) -> PathThresholds:  # fmt: skip
-        """Fit on held-out rows: their confidence, predicted code and whether it was right."""
-        overall = threshold_for_precision(confidence, correct, target)
+        """Fit on held-out rows: their confidence, predicted code and whether it was right;
+        ``shared`` is the threshold of both paths' rows, for a path too small to say."""
+        overall, rule = threshold_for_precision(confidence, correct, target, lower_bound=True), OWN
+        if overall == NEVER:
+            # Too few rows to show the target at any threshold: the shared threshold, never
+            # below the point where this path's own rows reach the target.
+            overall = max(shared, threshold_for_precision(confidence, correct, target))
+            rule = SHARED
         per_class = {}
         for code in np.unique(predicted):
             rows = predicted == code
@@ -99,7 +126,7 @@ class PathThresholds:
                 own = threshold_for_precision(confidence[rows], correct[rows], target)
                 if own > overall:
                     per_class[int(code)] = own
-        return cls(overall, per_class)
+        return cls(overall, per_class, rule)
 
 
 @dataclass(frozen=True)
@@ -142,7 +169,9 @@ class ReviewPolicy:
 
         def path(values: dict[str, Any]) -> PathThresholds:
             per_class = {int(code): float(t) for code, t in values["per_class"].items()}
-            return PathThresholds(float(values["global_threshold"]), per_class)
+            # Policies sealed before paths could share a threshold set each on its own rows.
+            rule = str(values.get("rule", OWN))
+            return PathThresholds(float(values["global_threshold"]), per_class, rule)
 
         return cls(
             float(data["target_precision"]), path(data["with_image"]), path(data["text_only"])
@@ -158,10 +187,11 @@ class ReviewPolicy:
         predicted = codes[probs.argmax(axis=1)]
         confidence = probs.max(axis=1)
         correct = probs.argmax(axis=1) == y_idx
+        shared = threshold_for_precision(confidence, correct, target, lower_bound=True)
 
         def path(rows: np.ndarray) -> PathThresholds:
             return PathThresholds.fit(
-                confidence[rows], predicted[rows], correct[rows], target, min_class_rows
+                confidence[rows], predicted[rows], correct[rows], target, min_class_rows, shared
             )
 
         return cls(target, with_image=path(has_image), text_only=path(~has_image))
@@ -221,6 +251,8 @@ class RoutingFit:
     #: Cross-fitted estimate on every held-out row, and on the internal-test rows alone.
     expected: dict[str, Any]
     expected_internal_test: dict[str, Any]
+    #: The cross-fitted estimate on each path's held-out rows (``with_image``, ``text_only``).
+    expected_per_path: dict[str, dict[str, Any]]
     #: Coverage and precision at global thresholds (out-of-fold probabilities).
     curve: list[dict[str, float]]
 
@@ -249,5 +281,9 @@ def fit_routing(
         policy=policy,
         expected=routing_estimate(accepted, correct),
         expected_internal_test=routing_estimate(accepted[on_test], correct[on_test]),
+        expected_per_path={
+            name: routing_estimate(accepted[rows], correct[rows])
+            for name, rows in (("with_image", has_image), ("text_only", ~has_image))
+        },
         curve=coverage_precision_curve(probs, y_idx),
     )

@@ -9,7 +9,7 @@ even for classes it never saw in training, so downstream code can rely on the sh
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -319,33 +319,41 @@ def cross_fit_folds(y_idx: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.
 
 
 def cross_fitted_stack_probs(
-    blocks: Sequence[np.ndarray],
+    fold_blocks: Mapping[int, Sequence[np.ndarray]],
     y_idx: np.ndarray,
     make_model: Callable[[], MetaModel],
-    n_splits: int = 5,
-    seed: int = 42,
+    folds: np.ndarray,
 ) -> np.ndarray:
     """Out-of-fold meta-model probabilities: an honest estimate of the stack's quality.
 
     Each fold is predicted by a meta-model fitted on the other folds only.
 
     Args:
-        blocks: per-modality (rows, classes) probability matrices.
+        fold_blocks: per fold id, the per-modality (rows, classes) probability matrices of
+            every row as that fold's calibration and blend compute them (fitted without the
+            fold's rows); the same blocks for every fold when nothing upstream was fitted on
+            these rows.
         y_idx: true class indices.
         make_model: builds an unfitted meta-model (one per fold).
-        n_splits: number of folds (reduced when there are fewer rows).
-        seed: shuffling seed of the folds.
+        folds: (rows,) fold id of every row (:func:`cross_fit_folds`).
 
     Returns:
         (rows, classes) out-of-fold probabilities.
     """
-    X = concat_blocks(blocks)
-    n_classes = np.asarray(blocks[0]).shape[1]
-    labels = check_labels(y_idx, X.shape[0], n_classes)
-    folds = cross_fit_folds(labels, n_splits, seed)
-    out = np.empty((X.shape[0], n_classes))
+    folds = np.asarray(folds)
+    if len(np.unique(folds)) < 2:
+        raise ValueError(f"cross-fitting needs rows in at least two folds, got {len(folds)} row(s)")
+    out: np.ndarray | None = None
     for fold in np.unique(folds):
+        X = concat_blocks(fold_blocks[int(fold)])
+        n_classes = np.asarray(fold_blocks[int(fold)][0]).shape[1]
+        labels = check_labels(y_idx, X.shape[0], n_classes)
+        if len(folds) != X.shape[0]:
+            raise ValueError(f"{len(folds)} fold ids for {X.shape[0]} rows")
         held_out = folds == fold
         model = make_model().fit(X[~held_out], labels[~held_out])
+        if out is None:
+            out = np.empty((X.shape[0], n_classes))
         out[held_out] = model.predict_proba(X[held_out])
+    assert out is not None  # two folds at least
     return out

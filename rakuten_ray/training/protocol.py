@@ -25,7 +25,14 @@ import pandas as pd
 from rakuten_ray.bundle import FusionState, ModelEntry, seal_bundle
 from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, codes_to_indices
 from rakuten_ray.config import RunConfig
-from rakuten_ray.fusion.fitting import ModalityFit, ScoredModel, StackFit, fit_modality, fit_stack
+from rakuten_ray.fusion.fitting import (
+    ModalityFit,
+    ScoredModel,
+    StackFit,
+    fit_modality,
+    fit_stack,
+    fusion_folds,
+)
 from rakuten_ray.fusion.routing import RoutingFit, fit_routing
 from rakuten_ray.layout import BundleLayout, RunLayout
 from rakuten_ray.lifecycle import PhaseClock
@@ -195,30 +202,31 @@ def train_base_models(
 
 def rows_with_text(fit: ModalityFit, text_rows: pd.Index) -> ModalityFit:
     """``fit`` with its blended probabilities kept on ``text_rows`` only (for the stacks)."""
-    return dataclasses.replace(fit, probs=fit.probs.loc[fit.probs.index.isin(text_rows)])
+    return fit.on_rows(fit.probs.index[fit.probs.index.isin(text_rows)])
 
 
 def fit_fusion(
     config: RunConfig, runs: dict[str, BaseModelRun], rows: RunRows, layout: RunLayout, log: Log
 ) -> FusionFit:
     """Temperatures, blend weights and the stack, on the held-out rows (their class indices
-    are saved next to the run, for reports)."""
+    and cross-fitting folds are saved next to the run, for reports)."""
     heldout = rows.by_modality[Modality.IMAGE].heldout  # the labelled held-out rows and more
     y_idx = pd.Series(codes_to_indices(heldout[LABEL_COLUMN]), index=heldout.index)
-    y_idx.rename("label").to_frame().to_parquet(layout.heldout_labels)
+    folds = fusion_folds(y_idx, config.fusion.cv_folds, config.seed)
+    y_idx.rename("label").to_frame().assign(fold=folds).to_parquet(layout.heldout_labels)
 
     def scored(specs: list[ModelSpec]) -> list[ScoredModel]:
         return [ScoredModel(s.name, s.kind, runs[s.name].heldout_scores) for s in specs]
 
     method = config.fusion.blend
-    text = fit_modality(scored(config.text_models), y_idx, rows.test, method)
+    text = fit_modality(scored(config.text_models), y_idx, folds, rows.test, method)
     image = None
     if config.image_models and all(len(runs[s.name].heldout_scores) for s in config.image_models):
-        image = fit_modality(scored(config.image_models), y_idx, rows.test, method)
+        image = fit_modality(scored(config.image_models), y_idx, folds, rows.test, method)
     # Image temperatures and weights use every held-out image; the stacks only rows with text.
     text_rows = rows.by_modality[Modality.TEXT].heldout.index
     image_with_text = rows_with_text(image, text_rows) if image is not None else None
-    stack = fit_stack(text, image_with_text, y_idx, rows.test, config.fusion, config.seed)
+    stack = fit_stack(text, image_with_text, y_idx, folds, rows.test, config.fusion)
     scores = {
         part: round(v["weighted_f1"], 4) for part, v in stack.report.items() if "choice" not in part
     }
@@ -233,6 +241,13 @@ def fit_fusion(
         f"review routing at {config.review.target_precision:.0%} precision: "
         f"{expected['coverage']:.1%} of held-out rows accepted automatically (cross-fitted)"
     )
+    for path, estimate in routing.expected_per_path.items():
+        if estimate["auto_rows"]:
+            low, high = estimate["precision_interval"]
+            log(
+                f"  {path}: {estimate['auto_rows']} of {estimate['rows']} rows accepted, "
+                f"precision {estimate['precision']:.3f} ({low:.3f} to {high:.3f})"
+            )
     return FusionFit(text, image, image_with_text, stack, routing)
 
 
@@ -373,6 +388,9 @@ def _routing_report(routing: RoutingFit) -> RoutingReport:
         target_precision=policy.target_precision,
         expected=RoutingEstimate(**routing.expected),
         expected_internal_test=RoutingEstimate(**routing.expected_internal_test),
+        expected_per_path={
+            path: RoutingEstimate(**values) for path, values in routing.expected_per_path.items()
+        },
         thresholds={"with_image": asdict(policy.with_image), "text_only": asdict(policy.text_only)},
         curve=routing.curve,
     )

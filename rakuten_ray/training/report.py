@@ -34,12 +34,14 @@ class Scores:
 
 @dataclass(frozen=True)
 class Calibration:
-    """A model's temperature and its calibration scores before (T = 1) and after it, on the
-    internal-test rows."""
+    """A model's temperature (the bundle's, fitted on every held-out row) and its calibration
+    scores on the internal-test rows before (T = 1) and after temperature scaling, each row
+    scaled by the temperature fitted without its fold (``fold_temperatures``, by fold id)."""
 
     temperature: float
     before: dict[str, float]
     after: dict[str, float]
+    fold_temperatures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,12 @@ class RoutingReport:
     #: Cross-fitted on every held-out row with text.
     expected: RoutingEstimate
     expected_internal_test: RoutingEstimate
-    #: Per path (``with_image``, ``text_only``): ``global_threshold`` and ``per_class``.
+    #: Per path (``with_image``, ``text_only``): ``global_threshold``, ``per_class`` and
+    #: ``rule`` (``own``, or ``shared`` where the path's rows were too few to set it).
     thresholds: dict[str, Any]
     curve: list[dict[str, float]]
+    #: Cross-fitted on each path's held-out rows (``with_image``, ``text_only``).
+    expected_per_path: dict[str, RoutingEstimate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
