@@ -26,7 +26,7 @@ def test_row_set_holds_what_a_python_set_holds() -> None:
     probe = np.arange(1001)
     assert members.contains(probe).tolist() == [int(r) in set(rows.tolist()) for r in probe]
     assert len(members) == len(set(rows.tolist()))
-    assert members.bits_.nbytes == 126
+    assert members.bits.nbytes == 126
 
 
 def _write(folder: Path, parts: list[list[int]]) -> Path:

@@ -21,7 +21,7 @@ class RowSet:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.bits_ = np.zeros(-(-total // 8), dtype=np.uint8)
+        self.bits = np.zeros(-(-total // 8), dtype=np.uint8)
 
     @staticmethod
     def _masks(rows: np.ndarray) -> np.ndarray:
@@ -29,15 +29,15 @@ class RowSet:
 
     def add(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.int64)
-        np.bitwise_or.at(self.bits_, rows >> 3, self._masks(rows))
+        np.bitwise_or.at(self.bits, rows >> 3, self._masks(rows))
 
     def contains(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` is in the set (a boolean array)."""
         rows = np.asarray(rows, dtype=np.int64)
-        return (self.bits_[rows >> 3] & self._masks(rows)) != 0
+        return (self.bits[rows >> 3] & self._masks(rows)) != 0
 
     def __len__(self) -> int:
-        return int(np.bitwise_count(self.bits_).sum())
+        return int(np.bitwise_count(self.bits).sum())
 
 
 def done_rows(predictions: Path, total: int) -> RowSet:
