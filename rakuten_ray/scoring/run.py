@@ -140,8 +140,8 @@ def check_inputs(
     image_dir: Path,
     overrides: tuple[str, ...],
     refuse_unpinned: bool,
-    previous: Path | None = None,
-    out: Path | None = None,
+    previous: Path | None,
+    out: Path,
 ) -> ScoringInputs:
     """The input files with their headers checked, the bundle with every file hashed (and,
     with ``refuse_unpinned``, trained from pinned hub models only), its scoring settings,
@@ -158,7 +158,7 @@ def check_inputs(
         )
         require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
     check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
-    before = None if previous is None else open_previous(previous, out or previous.parent)
+    before = None if previous is None else open_previous(previous, out)
     return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir, before)
 
 
