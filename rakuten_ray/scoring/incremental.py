@@ -33,7 +33,12 @@ from rakuten_ray.layout import (
 from rakuten_ray.lifecycle import ResumeError, RunRecord, settings_differences
 from rakuten_ray.scoring.checks import BUNDLE_INPUT
 from rakuten_ray.scoring.output import PredictionFiles
-from rakuten_ray.scoring.partitions import parquet_batches, partition_count, partition_pairs
+from rakuten_ray.scoring.partitions import (
+    parquet_batches,
+    partition_count,
+    partition_pairs,
+    string_nulls,
+)
 from rakuten_ray.scoring.rows import as_id
 
 #: The columns of ``changes.parquet``, with their types.
@@ -137,7 +142,7 @@ def write_changes(previous: Previous, predictions: Path, changes: Path, scratch:
     )
     count = partition_count(max(previous.rows, _rows(files)))
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in CHANGE_DTYPES.items()})
-    schema = pa.Schema.from_pandas(empty, preserve_index=False)
+    schema = string_nulls(pa.Schema.from_pandas(empty, preserve_index=False))
     partial = changes.with_name(f".{changes.name}.tmp")
     rows = 0
     with pq.ParquetWriter(partial, schema) as writer:

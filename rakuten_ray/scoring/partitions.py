@@ -41,14 +41,12 @@ def parquet_batches(files: list[Path], columns: list[str]) -> Iterator[pd.DataFr
             yield batch.to_pandas()
 
 
-def _typed(table: pa.Table) -> pa.Table:
-    """``table`` with its all-null columns typed as strings: an object column (a review
-    reason, say) that is null throughout one batch has no type of its own, and every batch
-    appended to a partition must have the type of the first."""
-    fields = [
-        pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema
-    ]
-    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+def string_nulls(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with its null-typed fields typed as strings: an object column (a review
+    reason, say) that is null throughout a batch, or empty, has no type of its own, and every
+    table written to one file must have the type of the first."""
+    fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 class Partitions:
@@ -76,7 +74,8 @@ class Partitions:
         for part, start, end in zip(ids, starts, ends, strict=True):
             if part < 0:
                 continue
-            table = _typed(pa.Table.from_pandas(frame.iloc[order[start:end]], preserve_index=False))
+            table = pa.Table.from_pandas(frame.iloc[order[start:end]], preserve_index=False)
+            table = table.cast(string_nulls(table.schema))
             if part not in self._writers:
                 self._writers[part] = pq.ParquetWriter(self.path(part), table.schema)
             self._writers[part].write_table(table.cast(self._writers[part].schema))
