@@ -92,9 +92,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, resume=args.resume, overrides=tuple(args.set),
         address=args.address, rows_per_shard=shard_rows,
         allow_missing_images=args.allow_missing_images, refuse_unpinned=not args.allow_unpinned,
+        previous=args.previous,
     )  # fmt: skip
+    carried = f", {summary.rows_carried_over} carried over" if args.previous else ""
     print(
-        f"scored {summary.rows} rows ({summary.rows_scored_now} in this run) with the "
+        f"scored {summary.rows} rows ({summary.rows_scored_now} in this run{carried}) with the "
         f"{summary.engine} engine in {summary.seconds:.1f}s "
         f"({summary.rows_per_second:.1f} rows/s); image status: {summary.image_status_counts}"
     )
@@ -212,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a scoring key, e.g. scoring.image.pool_size=2",
+    )  # fmt: skip
+    score.add_argument(
+        "--previous", type=Path, default=None,
+        help="an earlier output folder: carry over its rows of unchanged content and bundle",
     )  # fmt: skip
     score.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
     score.add_argument(

@@ -37,6 +37,11 @@ class ImageStatus(str, Enum):
 ROW_COLUMN = "row"
 #: The input's row index travels under this column name and comes out under it.
 INDEX_COLUMN = "index"
+#: A digest of what a row's output depends on (its texts, ids and image bytes), taken at
+#: staging: ``--previous`` carries a row over when it and the bundle's id match.
+CONTENT_HASH_COLUMN = "content_hash"
+#: The id of the bundle that scored a row.
+BUNDLE_ID_COLUMN = "bundle_id"
 TEXT_PROBS = [f"text_prob_{code}" for code in CLASS_CODES]
 IMAGE_PROBS = [f"image_prob_{code}" for code in CLASS_CODES]
 FINAL_PROBS = [f"prob_{code}" for code in CLASS_CODES]
@@ -48,7 +53,8 @@ PREDICTION_DTYPES: dict[str, str] = {
     ROW_COLUMN: "int64", INDEX_COLUMN: "Int64", "productid": "Int64", "imageid": "Int64",
     "prdtypecode": "int64", "confidence": "float64", "text_prdtypecode": "int64",
     "image_prdtypecode": "Int64", "image_status": "object", "decision": "object",
-    "review_reason": "object", **dict.fromkeys(FINAL_PROBS, "float64"),
+    "review_reason": "object", BUNDLE_ID_COLUMN: "object", CONTENT_HASH_COLUMN: "object",
+    **dict.fromkeys(FINAL_PROBS, "float64"),
 }  # fmt: skip
 
 
@@ -174,6 +180,16 @@ class ScoringLayout:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def changes(self) -> Path:
+        """The rows whose code differs from the ``--previous`` output's."""
+        return self.root / "changes.parquet"
+
+    @property
+    def scratch(self) -> Path:
+        """Partitioned copies of the predictions while the run finishes (then removed)."""
+        return self.root / "scratch"
 
     def parquet_dir(self) -> Path:
         """The Parquet folder: ``predictions/`` inside a scoring output, or the folder

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from rakuten_ray.config import ScoringParams, StagePool
 from rakuten_ray.layout import ROW_COLUMN
 from rakuten_ray.scoring.output import predictions_table
+from rakuten_ray.scoring.rowset import RowSet
 from rakuten_ray.scoring.stages import FusionStage, ImagePrepStage, ImageStage, TextStage
 
 logger = logging.getLogger(__name__)
@@ -54,13 +55,14 @@ def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
 
 
 class _SkipDone:
-    """Drops rows whose ``row`` already has a prediction (resuming an interrupted run)."""
+    """Drops rows whose ``row`` already has a prediction (an interrupted run's, or one
+    carried over from a previous output)."""
 
-    def __init__(self, done_rows: frozenset[int]) -> None:
+    def __init__(self, done_rows: RowSet) -> None:
         self.done_rows = done_rows
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return batch[~batch[ROW_COLUMN].isin(self.done_rows)]
+        return batch[~self.done_rows.contains(batch[ROW_COLUMN].to_numpy())]
 
 
 def score_with_ray(
@@ -69,7 +71,7 @@ def score_with_ray(
     image_dir: Path,
     out_dir: Path,
     scoring: ScoringParams,
-    done_rows: frozenset[int] = frozenset(),
+    done_rows: RowSet | None = None,
 ) -> None:
     """Stream the staged shards through the stages' actor pools into ``out_dir``.
 
@@ -79,7 +81,8 @@ def score_with_ray(
         image_dir: folder of the product images (a path every node can read).
         out_dir: Parquet output folder; files hold at most ``rows_per_output_file`` rows.
         scoring: pool sizes, batch sizes and resources per stage.
-        done_rows: rows already scored by an interrupted run, skipped here.
+        done_rows: rows already predicted (by an interrupted run, or carried over), skipped
+            here.
     """
     import ray.data
 
@@ -99,7 +102,7 @@ def score_with_ray(
         [str(p) for p in shards], num_cpus=IO_CPUS,
         override_num_blocks=max(1, math.ceil(rows / scoring.text.batch_size)),
     )  # fmt: skip
-    if done_rows:
+    if done_rows is not None and len(done_rows):
         dataset = dataset.map_batches(
             _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=IO_CPUS,

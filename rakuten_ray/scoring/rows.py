@@ -10,14 +10,15 @@ not a non-negative integer becomes null, so its row is scored from text alone wi
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError
-from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN
+from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError, image_path
+from rakuten_ray.layout import CONTENT_HASH_COLUMN, INDEX_COLUMN, ROW_COLUMN
 
 INPUT_SUFFIXES = (".csv", ".parquet")
 _ID_PATTERN = r"\d{1,18}(?:\.0*)?"
@@ -137,6 +138,8 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
         out[column] = _as_text(batch[column].reset_index(drop=True)).to_numpy()
     for column in ID_COLUMNS:
         out[column] = as_id(batch[column].reset_index(drop=True))
+    if CONTENT_HASH_COLUMN in batch.columns:  # staged rows carry it to their predictions
+        out[CONTENT_HASH_COLUMN] = batch[CONTENT_HASH_COLUMN].to_numpy()
     return out
 
 
@@ -189,12 +192,46 @@ def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([index, chunk[list(X_COLUMNS)]], axis=1)
 
 
-def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> int:
-    """Copy the inputs into numbered Parquet shards with a global ``row`` position.
+def _image_bytes(image_dir: Path, imageid: object, productid: object) -> bytes:
+    """The bytes of a row's image file; a marker that no file holds for a row without one."""
+    if pd.isna(imageid) or pd.isna(productid):
+        return b"\x00invalid id"
+    try:
+        return image_path(image_dir, int(imageid), int(productid)).read_bytes()
+    except OSError:  # missing or unreadable: scored as such, so hashed as such
+        return b"\x00no file"
+
+
+def content_hashes(frame: pd.DataFrame, image_dir: Path | None) -> list[str]:
+    """Each staged row's content digest: its texts and ids as staged and, with ``image_dir``
+    (a bundle with image models), the bytes of its image file. Each field is length-prefixed
+    so that no two different rows share a digest by shifting text between fields."""
+    columns = [frame[c].tolist() for c in X_COLUMNS]
+    ids = as_id(frame["imageid"]), as_id(frame["productid"])
+    digests = []
+    for position, fields in enumerate(zip(*columns, strict=True)):
+        digest = hashlib.blake2b(digest_size=16)
+        parts = [field.encode("utf-8") for field in fields]
+        if image_dir is not None:
+            parts.append(_image_bytes(image_dir, ids[0][position], ids[1][position]))
+        for part in parts:
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def stage_inputs(
+    files: list[Path], staging_dir: Path, rows_per_shard: int, image_dir: Path | None = None
+) -> int:
+    """Copy the inputs into numbered Parquet shards with a global ``row`` position and each
+    row's content digest (:func:`content_hashes`; ``image_dir`` when images are scored).
 
     Shards give large inputs many read tasks, let a resumed run see which rows are done,
-    and let the submission follow input order. The caller checks the headers first
-    (:func:`check_headers`), before any output exists. Returns the number of rows.
+    and let the submission follow input order. The input is read ``rows_per_shard`` rows at
+    a time, so staging holds one shard in memory whatever the input's size. The caller
+    checks the headers first (:func:`check_headers`), before any output exists. Returns the
+    number of rows.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     position, shard = 0, 0
@@ -202,6 +239,7 @@ def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> i
         for chunk in _raw_chunks(path, rows_per_shard):
             frame = chunk[[INDEX_COLUMN, *X_COLUMNS]].apply(_as_text).reset_index(drop=True)
             frame.insert(0, ROW_COLUMN, np.arange(position, position + len(frame)))
+            frame[CONTENT_HASH_COLUMN] = content_hashes(frame, image_dir)
             frame.to_parquet(staging_dir / f"shard-{shard:05d}.parquet", index=False)
             position, shard = position + len(frame), shard + 1
     if not position:

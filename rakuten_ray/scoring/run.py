@@ -7,7 +7,12 @@ an unverifiable bundle, a non-empty output folder (unless ``overwrite`` or ``res
 an image folder that is not one or where most rows find no image
 (:mod:`rakuten_ray.scoring.checks`); a resumed run continues only with the bundle, input,
 image folder and result settings it started with, from its staged shards, and scores only
-the rows without a prediction.
+the rows without a prediction. With a ``previous`` output, the rows it scored with the same
+bundle and unchanged content are carried over first (:mod:`rakuten_ray.scoring.incremental`).
+
+The driver holds no per-row state beyond one bit a row: staging reads the input a shard at a
+time, the rows to skip are a bitmap (:mod:`rakuten_ray.scoring.rowset`) and the submission is
+written from partitions on disk (:mod:`rakuten_ray.scoring.submission`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,11 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from rakuten_ray.bundle import Bundle, load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
-from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN, BundleLayout, ScoringLayout
+from rakuten_ray.layout import ROW_COLUMN, BundleLayout, ScoringLayout
 from rakuten_ray.lifecycle import PhaseClock, RunRecord
 from rakuten_ray.revisions import PIN_COMMAND, require_pinned
 from rakuten_ray.scoring.checks import (
@@ -35,8 +39,12 @@ from rakuten_ray.scoring.checks import (
     check_resumable,
     scoring_record,
 )
+from rakuten_ray.scoring.incremental import Previous, carry_over, open_previous, write_changes
 from rakuten_ray.scoring.output import PredictionFiles
+from rakuten_ray.scoring.progress import RowProgress
 from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
+from rakuten_ray.scoring.rowset import RowSet, done_rows
+from rakuten_ray.scoring.submission import write_submission
 
 Engine = Literal["ray", "local"]
 Log = Callable[[str], None]
@@ -44,6 +52,8 @@ Log = Callable[[str], None]
 ROWS_PER_SHARD = 50_000
 #: The run record's progress entry written once staging is complete: the rows staged.
 STAGED_ROWS = "staged_rows"
+#: The run record's progress entry written once rows are carried over: how many.
+CARRIED_ROWS = "carried_rows"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class ScoringSummary:
 
     rows: int
     rows_scored_now: int
+    #: Rows whose prediction came from the ``--previous`` output (0 without one).
+    rows_carried_over: int
     #: Input rows staged by this run (0 when a resumed run reused its staging).
     rows_staged_now: int
     #: From staging to the submission (the checks before staging are in ``phase_seconds``).
@@ -60,6 +72,9 @@ class ScoringSummary:
     image_status_counts: dict[str, int]
     #: Seconds of each named phase, as :class:`~rakuten_ray.lifecycle.PhaseClock` timed them.
     phase_seconds: dict[str, float]
+    #: The ``--previous`` output, why it carried nothing over (if so) and the rows in
+    #: ``changes.parquet``; None without one.
+    previous: dict[str, object] | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -69,12 +84,13 @@ class ScoringSummary:
 @dataclass(frozen=True)
 class ScoringInputs:
     """A run's checked inputs: the input files, the hashed bundle, its scoring settings (with
-    the command line's overrides) and the image folder."""
+    the command line's overrides), the image folder and the ``--previous`` output."""
 
     files: list[Path]
     bundle: Bundle
     scoring: ScoringParams
     image_dir: Path
+    previous: Previous | None = None
 
 
 def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -88,28 +104,14 @@ def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def done_rows(predictions: Path) -> frozenset[int]:
-    """Rows already predicted; unreadable (partly written) files are removed first."""
-    rows: set[int] = set()
-    if not predictions.is_dir():
-        return frozenset()
-    for path in sorted(predictions.glob("*.parquet")):
-        try:
-            values = pq.read_table(path, columns=[ROW_COLUMN]).column(0).to_pylist()
-        except (OSError, ValueError):  # pyarrow raises ArrowInvalid (a ValueError) on a torn file
-            path.unlink()
-            continue
-        rows.update(values)
-    return frozenset(rows)
-
-
 def _score_locally(
     bundle_dir: Path,
     shards: list[Path],
     image_dir: Path,
     predictions: Path,
     scoring: ScoringParams,
-    skip: frozenset[int],
+    skip: RowSet,
+    log: Log,
 ) -> None:
     from rakuten_ray.scoring.local import FinalPipeline
 
@@ -118,14 +120,17 @@ def _score_locally(
     def batches() -> Iterator[pd.DataFrame]:
         for shard in shards:
             frame = pd.read_parquet(shard)
-            frame = frame[~frame[ROW_COLUMN].isin(skip)]
+            frame = frame[~skip.contains(frame[ROW_COLUMN].to_numpy())]
             for start in range(0, len(frame), pipeline.batch_size):
                 yield frame.iloc[start : start + pipeline.batch_size]
 
     files = PredictionFiles(predictions, scoring.rows_per_output_file)
+    progress = RowProgress(skip.total - len(skip), log)
     for scored in pipeline.predict_batches(batches(), image_dir):
         files.add(scored)
+        progress.update(len(scored))
     files.close()
+    progress.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,10 +144,13 @@ def check_inputs(
     image_dir: Path,
     overrides: tuple[str, ...],
     refuse_unpinned: bool,
+    previous: Path | None,
+    out: Path,
 ) -> ScoringInputs:
     """The input files with their headers checked, the bundle with every file hashed (and,
-    with ``refuse_unpinned``, trained from pinned hub models only), its scoring settings and
-    the image folder, checked to be one where the bundle needs images."""
+    with ``refuse_unpinned``, trained from pinned hub models only), its scoring settings,
+    the image folder, checked to be one where the bundle needs images, and the ``previous``
+    output (another folder than ``out``), checked to be a scoring output."""
     files = input_files(source)
     check_headers(files)
     # Every file is hashed here, before any work; each stage then hashes only what it loads.
@@ -154,7 +162,8 @@ def check_inputs(
         )
         require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
     check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
-    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir)
+    before = None if previous is None else open_previous(previous, out)
+    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir, before)
 
 
 def open_run(
@@ -196,8 +205,10 @@ def stage(
     if staging.exists():
         shutil.rmtree(staging)
     # A body the CSV parser rejects shows only while staging.
+    # Image bytes go into a row's digest only when they go into its prediction.
+    image_dir = inputs.image_dir if inputs.bundle.fusion.image_models else None
     with _removed_on_refusal(layout.root if created else staging):
-        total = stage_inputs(inputs.files, staging, rows_per_shard)
+        total = stage_inputs(inputs.files, staging, rows_per_shard, image_dir)
     record = record.with_progress(**{STAGED_ROWS: total})
     record.save(layout.record)
     return sorted(staging.glob("shard-*.parquet")), record, total
@@ -216,19 +227,47 @@ def check_images(
         check_images_found(shards, total, inputs.image_dir, share)
 
 
+def carry(
+    inputs: ScoringInputs, previous: Previous, shards: list[Path], layout: ScoringLayout,
+    record: RunRecord, log: Log,
+) -> tuple[RunRecord, dict[str, object]]:  # fmt: skip
+    """Carry the ``previous`` output's rows over (once: a resumed run keeps what it
+    carried); the record with the rows carried, and what the summary says of it."""
+    refusal = previous.carry_refusal(record)
+    if CARRIED_ROWS not in record.progress:
+        for partial in layout.predictions.glob("carried-*.parquet"):
+            partial.unlink()  # from a run interrupted while carrying rows over
+        carried = 0
+        if refusal is None:
+            layout.predictions.mkdir(exist_ok=True)
+            carried = carry_over(
+                previous, shards, inputs.bundle.bundle_id, layout.predictions,
+                layout.scratch, inputs.scoring.rows_per_output_file,
+            )  # fmt: skip
+        record = record.with_progress(**{CARRIED_ROWS: carried})
+        record.save(layout.record)
+    carried = int(record.progress[CARRIED_ROWS])
+    if refusal is not None:
+        log(f"--previous {previous.root}: nothing carried over: {refusal}")
+    else:
+        log(f"--previous {previous.root}: {carried} rows carried over")
+    return record, {"path": str(previous.root), "carried_nothing_because": refusal}
+
+
 def score(
     inputs: ScoringInputs, shards: list[Path], total: int, layout: ScoringLayout,
-    engine: Engine, address: str | None, resume: bool,
+    engine: Engine, address: str | None, log: Log,
 ) -> int:  # fmt: skip
-    """Score every staged row without a prediction yet with ``engine``; the rows scored."""
+    """Score every staged row without a prediction yet (an interrupted run's, or one carried
+    over) with ``engine``; the rows scored."""
     predictions = layout.predictions
     predictions.mkdir(exist_ok=True)
-    skip = done_rows(predictions) if resume else frozenset()
+    skip = done_rows(predictions, total)
     if len(skip) == total:
         return 0
     bundle_dir, image_dir, scoring = inputs.bundle.root, inputs.image_dir, inputs.scoring
     if engine == "local":
-        _score_locally(bundle_dir, shards, image_dir, predictions, scoring, skip)
+        _score_locally(bundle_dir, shards, image_dir, predictions, scoring, skip, log)
     else:
         from rakuten_ray.ray_session import ensure_ray
         from rakuten_ray.scoring.ray_pipeline import score_with_ray
@@ -238,25 +277,18 @@ def score(
     return total - len(skip)
 
 
-def finish(layout: ScoringLayout, total: int) -> dict[str, int]:
-    """Check one prediction per row, write the submission in input order, remove the staged
-    shards; the rows' image status counts."""
-    table = pd.read_parquet(
-        layout.predictions, columns=[ROW_COLUMN, INDEX_COLUMN, "prdtypecode", "image_status"]
-    )
-    duplicated = int(table[ROW_COLUMN].duplicated().sum())
-    if duplicated or len(table) != total:
-        raise RuntimeError(
-            f"{layout.root}: {len(table)} predictions for {total} input rows "
-            f"({duplicated} repeated)"
-        )
-    table = table.sort_values(ROW_COLUMN)
-    submission = pd.DataFrame(
-        {"prdtypecode": table["prdtypecode"].to_numpy()}, index=table[INDEX_COLUMN].to_numpy()
-    )
-    submission.to_csv(layout.submission)
+def finish(
+    inputs: ScoringInputs, layout: ScoringLayout, total: int
+) -> tuple[dict[str, int], int | None]:
+    """Check one prediction per row, write the submission in input order and, with a
+    ``--previous`` output, the changes; remove the staged shards. The rows' image status
+    counts and the rows in ``changes.parquet`` (None without one)."""
+    counts = write_submission(layout.predictions, total, layout.submission, layout.scratch)
+    changed = None
+    if inputs.previous is not None:
+        changed = write_changes(inputs.previous, layout.predictions, layout.changes, layout.scratch)
     shutil.rmtree(layout.staging)
-    return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
+    return counts, changed
 
 
 def run_scoring(
@@ -272,6 +304,7 @@ def run_scoring(
     rows_per_shard: int = ROWS_PER_SHARD,
     allow_missing_images: bool = False,
     refuse_unpinned: bool = False,
+    previous: Path | None = None,
     log: Log = print,
 ) -> ScoringSummary:
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them), in named
@@ -280,11 +313,15 @@ def run_scoring(
     ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
     ``out`` continues with the rows that have no prediction yet, from its staged shards. With
     ``refuse_unpinned``, a bundle trained from a hub model not pinned to a commit is refused.
+    With ``previous`` (an earlier run's output folder), its rows of the same content and
+    bundle are carried over rather than scored, and ``changes.parquet`` lists the rows
+    whose code moved.
 
     Raises:
         SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
             not one, or one where most rows find no image (unless ``allow_missing_images``).
-            All before any model loads.
+            A ``previous`` that is not a scoring output, or is ``out``. All before any
+            model loads.
         ResumeError: on resume, another bundle, input or image folder than the interrupted
             run's, or other settings that change results; before any work.
         BundleError: the bundle does not match its manifest.
@@ -294,8 +331,9 @@ def run_scoring(
     layout = ScoringLayout(Path(out))
     with clock.phase("check inputs"):
         inputs = check_inputs(
-            Path(bundle_dir), Path(source), Path(image_dir), overrides, refuse_unpinned
-        )
+            Path(bundle_dir), Path(source), Path(image_dir), overrides, refuse_unpinned,
+            None if previous is None else Path(previous), layout.root,
+        )  # fmt: skip
     with clock.phase("run record"):
         record, created = open_run(inputs, layout, overwrite, resume)
     with clock.phase("stage"):
@@ -303,18 +341,24 @@ def run_scoring(
     total = int(record.progress[STAGED_ROWS])
     with clock.phase("check images"):
         check_images(inputs, shards, total, layout, created, allow_missing_images)
+    carried = None
+    if inputs.previous is not None:
+        with clock.phase("carry over"):
+            record, carried = carry(inputs, inputs.previous, shards, layout, record, log)
     with clock.phase("score"):
-        scored_now = score(inputs, shards, total, layout, engine, address, resume)
+        scored_now = score(inputs, shards, total, layout, engine, address, log)
     with clock.phase("finish"):
-        counts = finish(layout, total)
+        counts, changed = finish(inputs, layout, total)
     summary = ScoringSummary(
         rows=total,
         rows_scored_now=scored_now,
+        rows_carried_over=int(record.progress.get(CARRIED_ROWS, 0)),
         rows_staged_now=staged_now,
         seconds=clock.since("stage"),
         engine=engine,
         image_status_counts=counts,
         phase_seconds=dict(clock.seconds),
+        previous=None if carried is None else {**carried, "rows_changed": changed},
     )
     layout.summary.write_text(
         json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}, indent=1)

@@ -25,6 +25,8 @@ from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
 from rakuten_ray.images import LoadedImage, load_image
 from rakuten_ray.layout import (
+    BUNDLE_ID_COLUMN,
+    CONTENT_HASH_COLUMN,
     CROP_PREFIX,
     FINAL_PROBS,
     IMAGE_PROBS,
@@ -198,7 +200,8 @@ class ImageStage:
 
 
 class FusionStage:
-    """Applies the stack (or the text-only meta-model) and writes the output columns.
+    """Applies the stack (or the text-only meta-model) and writes the output columns, with
+    the bundle's id and the row's content digest (when it was staged).
 
     ``pool.micro_batch_size`` is the rows per meta-model call.
     """
@@ -215,6 +218,7 @@ class FusionStage:
         )
         review = bundle.verified(BundleLayout.REVIEW).read_text()
         self.review = ReviewPolicy.from_json(review)
+        self.bundle_id = bundle.bundle_id
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         codes = np.asarray(CLASS_CODES, dtype=np.int64)
@@ -239,4 +243,7 @@ class FusionStage:
         out["image_status"] = batch["image_status"].astype(str)
         out["decision"] = decision
         out["review_reason"] = reason
+        out[BUNDLE_ID_COLUMN] = self.bundle_id
+        # Rows scored outside a run (a data frame, a request) were never staged, so have none.
+        out[CONTENT_HASH_COLUMN] = batch.get(CONTENT_HASH_COLUMN)
         return _with_block(out, FINAL_PROBS, final)
