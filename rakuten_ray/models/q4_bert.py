@@ -109,9 +109,9 @@ def read_q4_file(path: str | Path) -> Q4Bert:
     data = Path(path).read_bytes()
     try:
         return _parse(data)
+    except Q4FormatError as exc:
+        raise Q4FormatError(f"{path}: {exc}") from exc
     except (struct.error, ValueError, IndexError) as exc:
-        if isinstance(exc, Q4FormatError):
-            raise
         raise Q4FormatError(f"{path}: not a readable E5S1 model ({exc})") from exc
 
 
