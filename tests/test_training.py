@@ -324,6 +324,28 @@ def test_text_models_head_is_their_classifier(tiny_backbone: Path) -> None:
     assert len(parameter_groups(model, head, spec.train)[0]["params"]) == 2
 
 
+def test_frozen_text_embeddings_keep_their_weights_while_the_encoder_trains(
+    tiny_backbone: Path, text_rows: pd.DataFrame
+) -> None:
+    spec = deep_spec(
+        name="tiny", kind="hf_text", model=str(tiny_backbone), template=TEMPLATE, max_length=32,
+        pooling="mean", freeze_embeddings=True, scaling={},
+        train={"epochs": 1, "batch_size": 16, "learning_rate": 2e-3},
+    )  # fmt: skip
+    table = kind_of(spec).table(spec, text_rows.head(48))
+    task, run = plain_run(spec, table)
+    network = run.model.network
+    words = f"network.{network.base_model_prefix}.embeddings.word_embeddings"
+    assert run.fixed == (words,)
+    start = backbone_state(run.model, run.head)
+    run_epoch(task, run, spec.train, table, 0, 0, torch.device("cpu"), autocast=None)
+    moved = changed(start, backbone_state(run.model, run.head))
+    assert f"{words}.weight" not in moved
+    assert any(".encoder." in name for name in moved)
+    weight = network.base_model.embeddings.word_embeddings.weight
+    assert not weight.requires_grad and weight not in run.optimizer.state
+
+
 @pytest.fixture(scope="module")
 def image_rows_table(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """An image model's training table: 24 synthetic pictures."""

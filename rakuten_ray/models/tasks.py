@@ -75,6 +75,10 @@ class DeepTask(ABC):
         """Names of the submodules that form the new classification head (the rest is the
         pretrained backbone)."""
 
+    def fixed_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """Names of the backbone's submodules that keep their pretrained weights throughout."""
+        return ()
+
     def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
         """What the linear head reads for a batch (``head_fit: probe`` fits the head on it)."""
         raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")

