@@ -10,37 +10,49 @@ not a non-negative integer becomes null, so its row is scored from text alone wi
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from pathlib import Path
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+from pyarrow.fs import FileType
 
+from rakuten_ray import storage
 from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN
+from rakuten_ray.storage import Location
 
 INPUT_SUFFIXES = (".csv", ".parquet")
 _ID_PATTERN = r"\d{1,18}(?:\.0*)?"
 
 
-def input_files(source: str | Path) -> list[Path]:
-    """One file, or every ``.csv`` / ``.parquet`` file of a folder (sorted), as inputs.
+def input_files(source: Location) -> list[str]:
+    """One file, or every ``.csv`` / ``.parquet`` file of a folder (sorted), as inputs; a
+    local path or an object-storage URI (:mod:`rakuten_ray.storage`).
 
     Raises:
         SchemaError: nothing to read, or a mix of CSV and Parquet.
+        StorageError: the store refuses or cannot be reached.
     """
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix in INPUT_SUFFIXES and p.is_file())
-    elif source.is_file():
-        files = [source]
+    found = storage.info(source)
+    if found.type == FileType.Directory:
+        files = [f for f in storage.list_files(source) if suffix(f) in INPUT_SUFFIXES]
+    elif found.type == FileType.File:
+        files = [str(source)]
     else:
         raise SchemaError(f"{source}: input not found")
     if not files:
         raise SchemaError(f"{source}: no .csv or .parquet input files")
-    if len({p.suffix for p in files}) > 1:
+    if len({suffix(f) for f in files}) > 1:
         raise SchemaError(f"{source}: mixes CSV and Parquet inputs; use one format per run")
     return files
+
+
+def suffix(location: Location) -> str:
+    """A file's extension (``.csv``), for a path or a URI alike."""
+    return PurePosixPath(storage.name(location)).suffix
 
 
 def _is_record(fields: list[str]) -> bool:
@@ -48,19 +60,21 @@ def _is_record(fields: list[str]) -> bool:
     return bool(fields) and not (len(fields) == 1 and fields[0] and not fields[0].strip())
 
 
-def _peek(path: Path) -> tuple[list[str], bool]:
+def _peek(path: Location) -> tuple[list[str], bool]:
     """Column names of one input file and whether it has a row, read without its rows."""
-    if path.suffix == ".parquet":
+    if suffix(path) == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            parquet = pq.ParquetFile(path)
-            return list(parquet.schema_arrow.names), parquet.metadata.num_rows > 0
+            with storage.open_input(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                return list(parquet.schema_arrow.names), parquet.metadata.num_rows > 0
         except (OSError, pa.ArrowException) as exc:
             raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
     # "utf-8-sig" drops a leading byte-order mark (spreadsheet exports), as pandas does.
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+    with storage.open_input(path) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         records = csv.reader(handle)
         try:
             header = next(records, [])
@@ -72,7 +86,7 @@ def _peek(path: Path) -> tuple[list[str], bool]:
             return header, True  # something follows the header: the reader will judge it
 
 
-def check_headers(files: list[Path]) -> None:
+def check_headers(files: Sequence[Location]) -> None:
     """Refuse, before any work, a file that lacks a required column, or inputs with no row.
 
     A CSV's first column is its unnamed row index (the challenge's layout); a Parquet file
@@ -81,7 +95,7 @@ def check_headers(files: list[Path]) -> None:
     has_rows = False
     for path in files:
         header, rows = _peek(path)
-        if path.suffix == ".csv":
+        if suffix(path) == ".csv":
             if not header or header[0] != "":
                 raise SchemaError(f"{path}: the first column must be the unnamed row index")
             header = [INDEX_COLUMN, *header[1:]]
@@ -93,9 +107,10 @@ def check_headers(files: list[Path]) -> None:
         raise SchemaError(f"{_inputs_name(files)}: no rows to score (a header alone)")
 
 
-def _inputs_name(files: list[Path]) -> Path:
+def _inputs_name(files: Sequence[Location]) -> str:
     """The input as a message names it: its one file, or the folder of its files."""
-    return files[0] if len(files) == 1 else files[0].parent
+    first = str(files[0])
+    return first if len(files) == 1 else first[: -len(storage.name(first)) - 1]
 
 
 def _str(value: object) -> str:
@@ -140,37 +155,38 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _raw_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _raw_chunks(path: Location, rows: int) -> Iterator[pd.DataFrame]:
     """The file's rows as text columns, ``rows`` at a time (memory stays bounded).
 
     Raises:
         SchemaError: the file's body cannot be parsed (its header passed the check).
     """
-    if path.suffix == ".parquet":
-        yield from _parquet_chunks(path, rows)
-    else:
-        yield from _csv_chunks(path, rows)
+    with storage.open_input(path) as handle:
+        if suffix(path) == ".parquet":
+            yield from _parquet_chunks(path, handle, rows)
+        else:
+            yield from _csv_chunks(path, handle, rows)
 
 
-def _parquet_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(path: Location, handle: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(handle)
         for batch in parquet.iter_batches(batch_size=rows, columns=[INDEX_COLUMN, *X_COLUMNS]):
             yield batch.to_pandas().astype(object)
     except (OSError, pa.ArrowException) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
-def _csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Location, handle: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
     # index_col=False with a usecols callable keeps every row's first field as the row index
     # even when rows carry more fields than the header (a trailing delimiter, an unquoted
     # comma): the surplus fields are ignored instead of shifting the columns or failing.
     try:
         chunks = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
+            handle, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
             chunksize=rows, index_col=False, usecols=lambda _: True,
         )  # fmt: skip
         for chunk in chunks:
@@ -179,7 +195,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
         raise SchemaError(f"{path}: not a readable CSV file ({exc})") from exc
 
 
-def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
+def _scoring_columns(path: Location, chunk: pd.DataFrame) -> pd.DataFrame:
     """The row index (the first column, by position) and the X columns of a CSV chunk."""
     missing = [c for c in X_COLUMNS if c not in chunk.columns]
     if missing:
@@ -189,7 +205,7 @@ def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([index, chunk[list(X_COLUMNS)]], axis=1)
 
 
-def stage_inputs(files: list[Path], staging_dir: Path, rows_per_shard: int) -> int:
+def stage_inputs(files: Sequence[Location], staging_dir: Path, rows_per_shard: int) -> int:
     """Copy the inputs into numbered Parquet shards with a global ``row`` position.
 
     Shards give large inputs many read tasks, let a resumed run see which rows are done,

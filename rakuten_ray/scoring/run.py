@@ -12,6 +12,7 @@ the rows without a prediction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,7 +23,9 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
+from rakuten_ray import storage
 from rakuten_ray.bundle import Bundle, load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
@@ -37,6 +40,7 @@ from rakuten_ray.scoring.checks import (
 )
 from rakuten_ray.scoring.output import PredictionFiles
 from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
+from rakuten_ray.storage import Location
 
 Engine = Literal["ray", "local"]
 Log = Callable[[str], None]
@@ -71,10 +75,12 @@ class ScoringInputs:
     """A run's checked inputs: the input files, the hashed bundle, its scoring settings (with
     the command line's overrides) and the image folder."""
 
-    files: list[Path]
+    files: list[str]
     bundle: Bundle
     scoring: ScoringParams
-    image_dir: Path
+    image_dir: Location
+    #: The bundle as the stages open it: a URI stays one, so that each node copies it.
+    bundle_source: str
 
 
 def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
@@ -129,9 +135,9 @@ def _score_locally(
 
 
 def check_inputs(
-    bundle_dir: Path,
-    source: Path,
-    image_dir: Path,
+    bundle_dir: Location,
+    source: Location,
+    image_dir: Location,
     overrides: tuple[str, ...],
     refuse_unpinned: bool,
 ) -> ScoringInputs:
@@ -149,7 +155,8 @@ def check_inputs(
         )
         require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
     check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
-    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir)
+    source_of_bundle = str(bundle_dir) if storage.is_remote(bundle_dir) else str(bundle.root)
+    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir, source_of_bundle)
 
 
 def open_run(
@@ -221,7 +228,7 @@ def score(
     skip = done_rows(predictions) if resume else frozenset()
     if len(skip) == total:
         return 0
-    bundle_dir, image_dir, scoring = inputs.bundle.root, inputs.image_dir, inputs.scoring
+    bundle_dir, image_dir, scoring = inputs.bundle_source, inputs.image_dir, inputs.scoring
     if engine == "local":
         _score_locally(bundle_dir, shards, image_dir, predictions, scoring, skip)
     else:
@@ -254,11 +261,39 @@ def finish(layout: ScoringLayout, total: int) -> dict[str, int]:
     return {str(k): int(v) for k, v in table["image_status"].value_counts().sort_index().items()}
 
 
+def _work_folder(out: str, overwrite: bool, resume: bool) -> Path:
+    """The local folder where a run for an object-storage ``out`` works before publishing:
+    one per ``out`` in this node's cache, kept for ``resume``. Refuses a non-empty ``out``
+    unless ``overwrite`` or ``resume``, before any work."""
+    storage.check_bucket(out)
+    found = storage.check_reachable(out, must_exist=False, what="output folder")
+    # An object store has no empty folders: a prefix is "there" only while it holds objects.
+    if found.type != FileType.NotFound and not (overwrite or resume):
+        raise SchemaError(
+            f"{out}: output folder is not empty (use --overwrite to replace it, or --resume "
+            "to finish an interrupted run)"
+        )
+    folder = storage.cache_dir("runs") / hashlib.sha256(out.encode()).hexdigest()[:16]
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def publish(layout: ScoringLayout, out: str) -> None:
+    """Copy a finished run's folder to ``out``, ``summary.json`` last: a crashed upload
+    leaves no summary, so nothing reads as complete; then drop the local copy."""
+    storage.delete_contents(out)
+    files = sorted(p for p in layout.root.rglob("*") if p.is_file() and p != layout.summary)
+    for path in [*files, layout.summary]:
+        storage.upload(path, storage.join(out, *path.relative_to(layout.root).parts))
+    shutil.rmtree(layout.root)
+
+
 def run_scoring(
-    bundle_dir: Path,
-    source: Path,
-    image_dir: Path,
-    out: Path,
+    bundle_dir: Location,
+    source: Location,
+    image_dir: Location,
+    out: Location,
     engine: Engine = "ray",
     overwrite: bool = False,
     resume: bool = False,
@@ -272,11 +307,17 @@ def run_scoring(
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them), in named
     phases: check inputs, run record, stage, check images, score, finish.
 
+    Every location may be a local path or an object-storage URI (:mod:`rakuten_ray.storage`).
+    A run for a URI ``out`` works in a local folder of this node's cache and publishes it
+    when finished, ``summary.json`` last (:func:`publish`).
+
     ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
     ``out`` continues with the rows that have no prediction yet, from its staged shards. With
     ``refuse_unpinned``, a bundle trained from a hub model not pinned to a commit is refused.
 
     Raises:
+        StorageError: a location whose store refuses or cannot be reached, or a missing
+            bucket or key; before any work.
         SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
             not one, or one where most rows find no image (unless ``allow_missing_images``).
             All before any model loads.
@@ -286,11 +327,11 @@ def run_scoring(
         UnpinnedModelsError: see ``refuse_unpinned``, before any model loads.
     """
     clock = PhaseClock(log, label="phase ")
-    layout = ScoringLayout(Path(out))
+    remote = storage.is_remote(out)
     with clock.phase("check inputs"):
-        inputs = check_inputs(
-            Path(bundle_dir), Path(source), Path(image_dir), overrides, refuse_unpinned
-        )
+        local = _work_folder(str(out), overwrite, resume) if remote else Path(out)
+        layout = ScoringLayout(local)
+        inputs = check_inputs(bundle_dir, source, image_dir, overrides, refuse_unpinned)
     with clock.phase("run record"):
         record, created = open_run(inputs, layout, overwrite, resume)
     with clock.phase("stage"):
@@ -314,4 +355,6 @@ def run_scoring(
     layout.summary.write_text(
         json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}, indent=1)
     )
+    if remote:
+        publish(layout, str(out))
     return summary

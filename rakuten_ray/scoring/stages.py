@@ -11,19 +11,18 @@ config and the command line.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rakuten_ray.batching import map_fixed_batches
 from rakuten_ray.bundle import Bundle, ModelEntry, open_bundle
-from rakuten_ray.catalog import CLASS_CODES, image_path
+from rakuten_ray.catalog import CLASS_CODES, image_filename
 from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
 from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
-from rakuten_ray.images import LoadedImage, load_image
+from rakuten_ray.images import LoadedImage, load_image_at
 from rakuten_ray.layout import (
     CROP_PREFIX,
     FINAL_PROBS,
@@ -36,6 +35,7 @@ from rakuten_ray.layout import (
 )
 from rakuten_ray.models.registry import get_kind
 from rakuten_ray.scoring.rows import normalise_batch
+from rakuten_ray.storage import join
 
 
 def limit_threads(num_threads: int) -> None:
@@ -115,7 +115,7 @@ class ImagePrepStage:
         from rakuten_ray.models.vision import SETTINGS_FILE, read_image_settings
 
         bundle = open_bundle(bundle_dir)
-        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.image_dir = image_dir
         settings = [
             read_image_settings(bundle.verified(f"{e.folder}/{SETTINGS_FILE}").parent)
             for e in bundle.fusion.image_models
@@ -126,7 +126,7 @@ class ImagePrepStage:
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
         if pd.isna(imageid) or pd.isna(productid) or self.image_dir is None:
             return None
-        return load_image(image_path(self.image_dir, int(imageid), int(productid)))
+        return load_image_at(join(self.image_dir, image_filename(int(imageid), int(productid))))
 
     def _cropped(self, loaded: LoadedImage | None) -> list[np.ndarray | None]:
         usable = loaded is not None and loaded.status == ImageStatus.OK
