@@ -1,4 +1,6 @@
-"""``jobs/score.py`` submitted with ``ray job submit`` to a real local Ray cluster.
+"""``jobs/score.py`` submitted with ``ray job submit`` to a real local Ray cluster, reading its
+bundle, input and images from object storage and publishing its output there (the session's
+S3-protocol server, reached through the ``AWS_*`` variables the cluster inherits).
 
 The cluster is a separate ``ray start --head`` next to the session's in-process Ray
 (``ray_local``) and other Ray instances on the machine: it gets its own ports and its own
@@ -26,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import REPO_ROOT
+from object_store import ObjectStore
 
 RAY = Path(sys.executable).parent / "ray"
 JOB_TIMEOUT_S = 600
@@ -128,17 +131,22 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 @pytest.mark.slow
 def test_score_job_on_local_cluster(
-    tiny_run: Path, tiny_catalogue: Path, local_cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """The job scores every test row and writes the submission in input order."""
-    out = tmp_path / "scores"
+    tiny_run: Path, tiny_catalogue: Path, object_store: ObjectStore,
+    local_cluster: LocalCluster, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The job scores every test row from object storage and publishes the submission there,
+    in input order."""
+    bucket = object_store.bucket("jobs")
     source = tiny_catalogue / "X_test_update.csv"
-    # Absolute paths: the job runs in an unpacked copy of the working dir. The venv's Python
-    # rather than `python`, which the job's shell might resolve to another interpreter.
+    bundle = object_store.upload(tiny_run / "bundle", f"{bucket}/bundle")
+    remote_source = object_store.upload(source, f"{bucket}/input/X_test_update.csv")
+    images = object_store.upload(tiny_catalogue / "images" / "image_test", f"{bucket}/images")
+    out = f"{bucket}/scores"
+    # The venv's Python rather than `python`, which the job's shell might resolve to another
+    # interpreter.
     entrypoint = [
-        sys.executable, "jobs/score.py", "--bundle", str(tiny_run / "bundle"),
-        "--input", str(source), "--images", str(tiny_catalogue / "images" / "image_test"),
-        "--out", str(out),
+        sys.executable, "jobs/score.py", "--bundle", bundle, "--input", remote_source,
+        "--images", images, "--out", out,
     ]  # fmt: skip
     submission_id = f"score-{int(time.time())}"
     command = [
@@ -153,7 +161,7 @@ def test_score_job_on_local_cluster(
         )
     finally:
         # Ends the job's driver too if it outlives the wait (its command line names `out`).
-        _end_processes([str(out)])
+        _end_processes([out])
     log = submitted.stdout[-4000:] + submitted.stderr[-4000:]
     assert submitted.returncode == 0, log
 
@@ -166,14 +174,16 @@ def test_score_job_on_local_cluster(
     )
     assert client.get_job_status(submission_id) == JobStatus.SUCCEEDED, log
 
+    assert "summary.json" in object_store.keys(out)
+    scores = object_store.download(out, tmp_path / "scores")
     inputs = pd.read_csv(source, index_col=0)
-    predictions = pd.read_parquet(out / "predictions")
+    predictions = pd.read_parquet(scores / "predictions")
     assert len(predictions) == len(inputs)
     assert sorted(predictions["index"]) == sorted(inputs.index)
 
-    with open(out / "submission.csv") as handle:
+    with open(scores / "submission.csv") as handle:
         assert handle.readline().strip() == ",prdtypecode"
-    submission = pd.read_csv(out / "submission.csv", index_col=0)
+    submission = pd.read_csv(scores / "submission.csv", index_col=0)
     assert list(submission.columns) == ["prdtypecode"]
     assert submission.index.tolist() == inputs.index.tolist()
     expected = predictions.set_index("index")["prdtypecode"].loc[inputs.index].to_numpy()
