@@ -203,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Locations stay strings: pathlib would fold the "//" of an s3:// URI.
     score.add_argument("--bundle", required=True, help="sealed model bundle (path or URI)")
     score.add_argument("--input", required=True, help="CSV/Parquet file or folder (path or URI)")
-    score.add_argument("--images", required=True, help="folder of product images (path or URI)")
+    score.add_argument(
+        "--images",
+        help="folder of product images (path or URI); not needed for a Parquet input with an "
+        "image (bytes) or image_uri column",
+    )
     score.add_argument("--out", required=True, help="output folder (path or URI)")
     score.add_argument("--engine", choices=["ray", "local"], default="ray")
     score.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

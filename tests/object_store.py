@@ -51,9 +51,7 @@ class ObjectStore:
 
         prefix = uri.removeprefix("s3://").rstrip("/")
         found = _s3().get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
-        return sorted(
-            f.path[len(prefix) + 1 :] for f in found if f.type == pafs.FileType.File
-        )
+        return sorted(f.path[len(prefix) + 1 :] for f in found if f.type == pafs.FileType.File)
 
 
 def _s3():

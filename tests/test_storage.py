@@ -44,17 +44,25 @@ def _score(bundle: str, source: str, images: str, out: str, engine: str) -> int:
     ])  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def scored_locally(
+    catalogue_in_store: dict[str, str], tiny_run: Path, tiny_catalogue: Path, tmp_path_factory
+) -> Path:
+    """The same rows scored from local files with the local engine: the reference output."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    images = tiny_catalogue / "images" / "image_test"
+    bundle = str(tiny_run / "bundle")
+    assert _score(bundle, catalogue_in_store["local_input"], str(images), str(out), "local") == 0
+    return out
+
+
 @pytest.mark.slow
 def test_both_engines_score_from_and_to_object_storage(
-    catalogue_in_store: dict[str, str], object_store: ObjectStore, tiny_run: Path,
-    tiny_catalogue: Path, ray_local, tmp_path: Path,
+    catalogue_in_store: dict[str, str], scored_locally: Path, object_store: ObjectStore,
+    ray_local, tmp_path: Path,
 ) -> None:  # fmt: skip
     """Every input from the store, the output published there: the same bytes as the same
     rows scored from local files, and the bundle copied once into the node's cache."""
-    local = tmp_path / "local"
-    images = tiny_catalogue / "images" / "image_test"
-    assert _score(str(tiny_run / "bundle"), catalogue_in_store["local_input"], str(images),
-                  str(local), "local") == 0  # fmt: skip
     store = catalogue_in_store
     for engine in ("local", "ray"):
         out = f"s3://catalogue/scores/{engine}"
@@ -62,12 +70,40 @@ def test_both_engines_score_from_and_to_object_storage(
         keys = object_store.keys(out)
         assert {"submission.csv", "summary.json", "run.json"} <= set(keys)
         assert not any(key.startswith("staging") for key in keys)
-        downloaded = object_store.download(out, tmp_path / engine)
-        assert_same_predictions(local, downloaded)
+        assert_same_predictions(scored_locally, object_store.download(out, tmp_path / engine))
     from rakuten_ray.storage import cache_dir
 
     copies = [p for p in cache_dir("bundles").iterdir() if not p.name.startswith(".")]
     assert len(copies) == 1
+
+
+@pytest.mark.slow
+def test_images_carried_by_parquet_rows_score_as_from_the_folder(
+    catalogue_in_store: dict[str, str], scored_locally: Path, object_store: ObjectStore,
+    tiny_catalogue: Path, tiny_run: Path, ray_local, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A Parquet input with each row's image as bytes (Ray engine) or as a URI (local
+    engine), without --images: the same output as the folder, missing and unreadable images
+    included (a null or an absent object is ``missing``, corrupt bytes ``unreadable``)."""
+    from rakuten_ray.catalog import image_filename
+
+    rows = pd.read_csv(catalogue_in_store["local_input"], index_col=0)
+    rows.index.name = "index"
+    names = [image_filename(i, p) for i, p in zip(rows["imageid"], rows["productid"], strict=True)]
+    folder = tiny_catalogue / "images" / "image_test"
+    carried = {
+        "image": [(folder / n).read_bytes() if (folder / n).is_file() else None for n in names],
+        "image_uri": [f"{catalogue_in_store['images']}/{n}" for n in names],
+    }
+    assert None in carried["image"]  # the catalogue has rows without an image file
+    bundle = str(tiny_run / "bundle")
+    for (column, values), engine in zip(carried.items(), ("ray", "local"), strict=True):
+        source = tmp_path / f"{column}.parquet"
+        rows.assign(**{column: values}).reset_index().to_parquet(source)
+        out = tmp_path / f"out-{column}"
+        assert main(["score", "--bundle", bundle, "--input", str(source), "--out", str(out),
+                     "--engine", engine]) == 0  # fmt: skip
+        assert_same_predictions(scored_locally, out)
 
 
 def _closed_port() -> int:
@@ -90,9 +126,7 @@ def test_unusable_locations_refused_before_any_work(
     store = {
         "bundle": f"{bucket}/bundle",
         "input": object_store.upload(source, f"{bucket}/X_test_update.csv"),
-        "images": object_store.upload(
-            tiny_catalogue / "images" / "image_test", f"{bucket}/images"
-        ),
+        "images": object_store.upload(tiny_catalogue / "images" / "image_test", f"{bucket}/images"),
     }
     out = tmp_path / "out"
 

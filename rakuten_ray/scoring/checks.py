@@ -33,10 +33,10 @@ IMAGE_CHECK_ROWS = 20_000
 EXAMPLES = 5
 
 
-def check_image_dir(image_dir: Location, needed: bool) -> None:
+def check_image_dir(image_dir: Location | None, needed: bool) -> None:
     """Refuse an image folder that does not exist or is not a folder (when the bundle has
     image models to feed); a URI's store must answer."""
-    if not needed:
+    if not needed or image_dir is None:
         return
     found = storage.info(image_dir).type
     if found == FileType.NotFound:
@@ -113,16 +113,24 @@ def input_fingerprint(files: list[Location]) -> str:
     return data_fingerprint(table)
 
 
+def _images_input(image_dir: Location | None) -> str:
+    """The image folder as a run record names it (empty when the rows carry their images)."""
+    if image_dir is None:
+        return ""
+    if storage.is_remote(image_dir):
+        return storage.join(image_dir)
+    return str(Path(image_dir).resolve())
+
+
 def scoring_record(
-    bundle_id: str, files: list[Location], image_dir: Location, scoring: ScoringParams
+    bundle_id: str, files: list[Location], image_dir: Location | None, scoring: ScoringParams
 ) -> RunRecord:
     """What a scoring run scores: the bundle, the input, the image folder (resolved) and the
     :data:`RESULT_SETTINGS`, keyed as ``--set`` names them."""
     inputs = {
         BUNDLE_INPUT: bundle_id,
         SOURCE_INPUT: input_fingerprint(files),
-        IMAGES_INPUT: storage.join(image_dir) if storage.is_remote(image_dir)
-        else str(Path(image_dir).resolve()),
+        IMAGES_INPUT: _images_input(image_dir),
     }
     pools = {
         pool: {name: getattr(getattr(scoring, pool), name) for name in names}

@@ -38,20 +38,22 @@ class FinalPipeline:
         self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion)
         self._prep: dict[str, ImagePrepStage] = {}
 
-    def _prep_stage(self, image_dir: str) -> ImagePrepStage:
+    def _prep_stage(self, image_dir: str | None) -> ImagePrepStage:
         if image_dir not in self._prep:
             pool = self.scoring.image_prep
             self._prep[image_dir] = ImagePrepStage(self.bundle_dir, image_dir, pool)
         return self._prep[image_dir]
 
-    def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:
+    def predict(self, products: pd.DataFrame, image_dir: str | Path | None) -> pd.DataFrame:
         """One output row per input row, in input order.
 
         Args:
             products: rows with ``designation``, ``description``, ``productid``, ``imageid``;
                 their index is carried to the output's ``index`` column and their position
                 to ``row`` (unless the frame already has these columns, as staged inputs do).
-            image_dir: folder of ``image_{imageid}_product_{productid}.jpg`` files.
+            image_dir: folder of ``image_{imageid}_product_{productid}.jpg`` files (a path
+                or URI); ``None`` when ``products`` carry their images in an ``image`` or
+                ``image_uri`` column.
         """
         if INDEX_COLUMN not in products.columns:
             products = products.rename_axis(INDEX_COLUMN).reset_index()
@@ -59,7 +61,7 @@ class FinalPipeline:
             products = products.assign(**{ROW_COLUMN: np.arange(len(products))})
         if products.empty:
             return empty_predictions()
-        prep = self._prep_stage(str(image_dir))
+        prep = self._prep_stage(None if image_dir is None else str(image_dir))
         parts = [
             self.fusion(self.image(prep(self.text(products.iloc[start : start + self.batch_size]))))
             for start in range(0, len(products), self.batch_size)

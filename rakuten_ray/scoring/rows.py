@@ -17,10 +17,18 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
 from rakuten_ray import storage
-from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError
+from rakuten_ray.catalog import (
+    ID_COLUMNS,
+    IMAGE_BYTES_COLUMN,
+    IMAGE_COLUMNS,
+    X_COLUMNS,
+    SchemaError,
+)
 from rakuten_ray.layout import INDEX_COLUMN, ROW_COLUMN
 from rakuten_ray.storage import Location
 
@@ -63,9 +71,6 @@ def _is_record(fields: list[str]) -> bool:
 def _peek(path: Location) -> tuple[list[str], bool]:
     """Column names of one input file and whether it has a row, read without its rows."""
     if suffix(path) == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
             with storage.open_input(path) as handle:
                 parquet = pq.ParquetFile(handle)
@@ -86,13 +91,16 @@ def _peek(path: Location) -> tuple[list[str], bool]:
             return header, True  # something follows the header: the reader will judge it
 
 
-def check_headers(files: Sequence[Location]) -> None:
-    """Refuse, before any work, a file that lacks a required column, or inputs with no row.
+def check_headers(files: Sequence[Location]) -> str | None:
+    """Refuse, before any work, a file that lacks a required column, or inputs with no row;
+    returns the image column the inputs carry (:data:`IMAGE_COLUMNS`), if any.
 
     A CSV's first column is its unnamed row index (the challenge's layout); a Parquet file
-    carries the row index in a column named ``index`` (as the predictions do).
+    carries the row index in a column named ``index`` (as the predictions do), and may carry
+    each row's image in one of :data:`IMAGE_COLUMNS`, the same one in every file.
     """
     has_rows = False
+    carried: set[str | None] = set()
     for path in files:
         header, rows = _peek(path)
         if suffix(path) == ".csv":
@@ -102,9 +110,19 @@ def check_headers(files: Sequence[Location]) -> None:
         missing = [c for c in (INDEX_COLUMN, *X_COLUMNS) if c not in header]
         if missing:
             raise SchemaError(f"{path}: missing column(s) {missing}; found {header}")
+        images = [c for c in IMAGE_COLUMNS if c in header] if suffix(path) == ".parquet" else []
+        if len(images) > 1:
+            raise SchemaError(f"{path}: carries both {images}; keep one image column")
+        carried.add(images[0] if images else None)
         has_rows = has_rows or rows
+    if len(carried) > 1:
+        raise SchemaError(
+            f"{_inputs_name(files)}: the files carry different image columns "
+            f"({sorted(map(str, carried))}); use one layout per run"
+        )
     if not has_rows:
         raise SchemaError(f"{_inputs_name(files)}: no rows to score (a header alone)")
+    return carried.pop()
 
 
 def _inputs_name(files: Sequence[Location]) -> str:
@@ -152,6 +170,9 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
         out[column] = _as_text(batch[column].reset_index(drop=True)).to_numpy()
     for column in ID_COLUMNS:
         out[column] = as_id(batch[column].reset_index(drop=True))
+    for column in IMAGE_COLUMNS:
+        if column in batch.columns:  # carried as read: bytes or a location, or null
+            out[column] = batch[column].to_numpy(dtype=object)
     return out
 
 
@@ -169,12 +190,11 @@ def _raw_chunks(path: Location, rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _parquet_chunks(path: Location, handle: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         parquet = pq.ParquetFile(handle)
-        for batch in parquet.iter_batches(batch_size=rows, columns=[INDEX_COLUMN, *X_COLUMNS]):
+        images = [c for c in IMAGE_COLUMNS if c in parquet.schema_arrow.names]
+        columns = [INDEX_COLUMN, *X_COLUMNS, *images]
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
             yield batch.to_pandas().astype(object)
     except (OSError, pa.ArrowException) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
@@ -205,6 +225,17 @@ def _scoring_columns(path: Location, chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([index, chunk[list(X_COLUMNS)]], axis=1)
 
 
+def _image_column(values: pd.Series, column: str) -> pa.Array:
+    """A carried image column with one Arrow type in every shard (a chunk of nulls alone
+    would otherwise be typed ``null``); a value of the wrong type becomes null, which the
+    image stage reports as ``missing``."""
+    if column == IMAGE_BYTES_COLUMN:
+        kept = [v if isinstance(v, bytes) else None for v in values]
+        return pa.array(kept, type=pa.binary())
+    kept = [v if isinstance(v, str) and v.strip() else None for v in values]
+    return pa.array(kept, type=pa.string())
+
+
 def stage_inputs(files: Sequence[Location], staging_dir: Path, rows_per_shard: int) -> int:
     """Copy the inputs into numbered Parquet shards with a global ``row`` position.
 
@@ -218,7 +249,11 @@ def stage_inputs(files: Sequence[Location], staging_dir: Path, rows_per_shard: i
         for chunk in _raw_chunks(path, rows_per_shard):
             frame = chunk[[INDEX_COLUMN, *X_COLUMNS]].apply(_as_text).reset_index(drop=True)
             frame.insert(0, ROW_COLUMN, np.arange(position, position + len(frame)))
-            frame.to_parquet(staging_dir / f"shard-{shard:05d}.parquet", index=False)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            for column in IMAGE_COLUMNS:
+                if column in chunk.columns:
+                    table = table.append_column(column, _image_column(chunk[column], column))
+            pq.write_table(table, staging_dir / f"shard-{shard:05d}.parquet")
             position, shard = position + len(frame), shard + 1
     if not position:
         # check_headers refuses inputs without rows; this guards its peek at the records.

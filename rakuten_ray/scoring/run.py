@@ -78,7 +78,10 @@ class ScoringInputs:
     files: list[str]
     bundle: Bundle
     scoring: ScoringParams
-    image_dir: Location
+    #: The image folder; ``None`` when the input carries its images (``image_column``).
+    image_dir: Location | None
+    #: The input's image column (:data:`~rakuten_ray.catalog.IMAGE_COLUMNS`), if any.
+    image_column: str | None
     #: The bundle as the stages open it: a URI stays one, so that each node copies it.
     bundle_source: str
 
@@ -110,9 +113,9 @@ def done_rows(predictions: Path) -> frozenset[int]:
 
 
 def _score_locally(
-    bundle_dir: Path,
+    bundle_dir: str,
     shards: list[Path],
-    image_dir: Path,
+    image_dir: Location | None,
     predictions: Path,
     scoring: ScoringParams,
     skip: frozenset[int],
@@ -137,7 +140,7 @@ def _score_locally(
 def check_inputs(
     bundle_dir: Location,
     source: Location,
-    image_dir: Location,
+    image_dir: Location | None,
     overrides: tuple[str, ...],
     refuse_unpinned: bool,
 ) -> ScoringInputs:
@@ -145,7 +148,7 @@ def check_inputs(
     with ``refuse_unpinned``, trained from pinned hub models only), its scoring settings and
     the image folder, checked to be one where the bundle needs images."""
     files = input_files(source)
-    check_headers(files)
+    image_column = check_headers(files)
     # Every file is hashed here, before any work; each stage then hashes only what it loads.
     bundle = load_bundle(bundle_dir)
     if refuse_unpinned:
@@ -154,9 +157,19 @@ def check_inputs(
             f"`{PIN_COMMAND}`, or pass --allow-unpinned to score with it as it is"
         )
         require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
-    check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
+    needed = bool(bundle.fusion.image_models) and image_column is None
+    if needed and image_dir is None:
+        raise SchemaError(
+            f"{source}: --images is required: the bundle has image models and the input "
+            "carries no image or image_uri column"
+        )
+    if image_column is not None:
+        image_dir = None  # each row names its own image
+    check_image_dir(image_dir, needed)
     source_of_bundle = str(bundle_dir) if storage.is_remote(bundle_dir) else str(bundle.root)
-    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir, source_of_bundle)
+    return ScoringInputs(
+        files, bundle, bundle.scoring(overrides), image_dir, image_column, source_of_bundle
+    )
 
 
 def open_run(
@@ -211,7 +224,7 @@ def check_images(
 ) -> None:  # fmt: skip
     """Refuse a run where most rows find no image, unless the bundle has no image model or
     ``allow_missing_images``."""
-    if not inputs.bundle.fusion.image_models or allow_missing_images:
+    if not inputs.bundle.fusion.image_models or allow_missing_images or inputs.image_dir is None:
         return
     share = inputs.scoring.max_missing_image_share
     with _removed_on_refusal(layout.root if created else None):
@@ -292,7 +305,7 @@ def publish(layout: ScoringLayout, out: str) -> None:
 def run_scoring(
     bundle_dir: Location,
     source: Location,
-    image_dir: Location,
+    image_dir: Location | None,
     out: Location,
     engine: Engine = "ray",
     overwrite: bool = False,

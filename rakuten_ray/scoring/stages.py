@@ -17,12 +17,17 @@ import pandas as pd
 
 from rakuten_ray.batching import map_fixed_batches
 from rakuten_ray.bundle import Bundle, ModelEntry, open_bundle
-from rakuten_ray.catalog import CLASS_CODES, image_filename
+from rakuten_ray.catalog import (
+    CLASS_CODES,
+    IMAGE_BYTES_COLUMN,
+    IMAGE_COLUMNS,
+    image_filename,
+)
 from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
 from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
-from rakuten_ray.images import LoadedImage, load_image_at
+from rakuten_ray.images import LoadedImage, load_image_at, load_image_bytes
 from rakuten_ray.layout import (
     CROP_PREFIX,
     FINAL_PROBS,
@@ -136,10 +141,28 @@ class ImagePrepStage:
         loaded = self._load(imageid, productid)
         return loaded, self._cropped(loaded)
 
+    def _carried(self, value: object, column: str) -> tuple[LoadedImage, list]:
+        """A row's image from the input's own column: bytes, or a path or URI (null or
+        empty: ``missing``)."""
+        if column == IMAGE_BYTES_COLUMN:
+            loaded = load_image_bytes(value if isinstance(value, bytes) else None)
+        elif isinstance(value, str) and value:
+            loaded = load_image_at(value)
+        else:
+            loaded = load_image_bytes(None)
+        return loaded, self._cropped(loaded)
+
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Reads each row's image from the image folder by its ids, then crops it."""
+        """Reads each row's image from the input's image column (:data:`IMAGE_COLUMNS`) when
+        it has one, else from the image folder by its ids; then crops it. The image column
+        is dropped: nothing downstream reads it."""
         if not self.crops:
             return batch
+        carried = [c for c in IMAGE_COLUMNS if c in batch.columns]
+        if carried:
+            column = carried[0]
+            rows = list(self.workers.map(self._carried, batch[column], [column] * len(batch)))
+            return self._assign(batch.drop(columns=carried), rows)
         rows = list(self.workers.map(self._row, batch["imageid"], batch["productid"]))
         return self._assign(batch, rows)
 
