@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, read_predictions
 from object_store import ObjectStore
 
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
@@ -79,31 +79,41 @@ def test_both_engines_score_from_and_to_object_storage(
 
 @pytest.mark.slow
 def test_images_carried_by_parquet_rows_score_as_from_the_folder(
-    catalogue_in_store: dict[str, str], scored_locally: Path, object_store: ObjectStore,
-    tiny_catalogue: Path, tiny_run: Path, ray_local, tmp_path: Path,
+    catalogue_in_store: dict[str, str], scored_locally: Path, tiny_catalogue: Path,
+    tiny_run: Path, ray_local, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """A Parquet input with each row's image as bytes (Ray engine) or as a URI (local
-    engine), without --images: the same output as the folder, missing and unreadable images
-    included (a null or an absent object is ``missing``, corrupt bytes ``unreadable``)."""
+    """A Parquet input with each row's image as a URI (local engine) or as bytes (Ray
+    engine), without --images: the same output as from the folder; a null gives ``missing``
+    and corrupt bytes ``unreadable``, as a missing or corrupt file does."""
     from rakuten_ray.catalog import image_filename
 
     rows = pd.read_csv(catalogue_in_store["local_input"], index_col=0)
     rows.index.name = "index"
     names = [image_filename(i, p) for i, p in zip(rows["imageid"], rows["productid"], strict=True)]
     folder = tiny_catalogue / "images" / "image_test"
+    images = [(folder / n).read_bytes() if (folder / n).is_file() else None for n in names]
+    # The first two rows lose their image: no bytes, then bytes that are no image.
+    images[:2] = [None, b"not an image"]
     carried = {
-        "image": [(folder / n).read_bytes() if (folder / n).is_file() else None for n in names],
         "image_uri": [f"{catalogue_in_store['images']}/{n}" for n in names],
+        "image": images,
     }
-    assert None in carried["image"]  # the catalogue has rows without an image file
+    expected = read_predictions(scored_locally)
     bundle = str(tiny_run / "bundle")
-    for (column, values), engine in zip(carried.items(), ("ray", "local"), strict=True):
+    for (column, values), engine in zip(carried.items(), ("local", "ray"), strict=True):
         source = tmp_path / f"{column}.parquet"
         rows.assign(**{column: values}).reset_index().to_parquet(source)
         out = tmp_path / f"out-{column}"
         assert main(["score", "--bundle", bundle, "--input", str(source), "--out", str(out),
                      "--engine", engine]) == 0  # fmt: skip
-        assert_same_predictions(scored_locally, out)
+        scored = read_predictions(out)
+        changed = 2 if column == "image" else 0
+        if changed:
+            assert scored["image_status"].tolist()[:2] == ["missing", "unreadable"]
+            assert scored["image_prdtypecode"][:2].isna().all()
+        pd.testing.assert_frame_equal(
+            scored.iloc[changed:], expected.iloc[changed:], check_exact=True, check_dtype=False
+        )
 
 
 def _closed_port() -> int:
