@@ -177,11 +177,8 @@ def check_bucket(location: Location) -> None:
 
 
 def is_file(location: Location) -> bool:
+    """Whether a file is at ``location``."""
     return info(location).type == pafs.FileType.File
-
-
-def is_dir(location: Location) -> bool:
-    return info(location).type == pafs.FileType.Directory
 
 
 def list_files(folder: Location) -> list[str]:
