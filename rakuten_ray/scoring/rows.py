@@ -171,8 +171,11 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
     for column in ID_COLUMNS:
         out[column] = as_id(batch[column].reset_index(drop=True))
     for column in IMAGE_COLUMNS:
-        if column in batch.columns:  # carried as read: bytes or a location, or null
-            out[column] = batch[column].to_numpy(dtype=object)
+        if column in batch.columns:
+            # Arrow-typed, so that Ray Data hands the column between stages as Arrow binary
+            # or string rather than as a column of Python objects.
+            values = _image_column(batch[column].reset_index(drop=True), column)
+            out[column] = pd.arrays.ArrowExtensionArray(values)
     return out
 
 
