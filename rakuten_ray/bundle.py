@@ -8,13 +8,20 @@ stage hashes the model files it loads (:meth:`Bundle.verified`), so a stage of o
 never reads the other's gigabytes. :func:`load_bundle` hashes everything. Each file is hashed
 once per process unless it changes on disk. A missing, extra, resized or modified file, a
 symbolic link or an unknown format version is refused with an error that names it.
+
+A bundle in object storage (``s3://...``) is copied once per node into the local cache
+(:func:`rakuten_ray.storage.cache_dir`), in a folder named by its manifest's sha256, and
+checked there like a local one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
+import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +30,7 @@ from typing import Any
 from rakuten_ray.config import RunConfig, ScoringParams, load_config
 from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import BundleLayout
+from rakuten_ray.storage import cache_dir, download, is_remote, join, read_bytes
 
 FORMAT_VERSION = 2
 MANIFEST_FILE = BundleLayout.MANIFEST
@@ -249,9 +257,54 @@ class Bundle:
         return self.settings(overrides).scoring
 
 
+def _safe_relative(root: str, rel: object) -> str:
+    """A manifest entry as a plain relative path: a hostile manifest must not make the copy
+    write outside its folder."""
+    if not isinstance(rel, str) or rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
+        raise BundleError(f"{root}: manifest lists a path outside the bundle: {rel!r}")
+    return rel
+
+
+def local_copy(root: str | Path) -> Path:
+    """The local folder of a bundle: ``root`` itself, or for a URI this node's cached copy,
+    made on first use (files downloaded into a hidden folder that is renamed when complete,
+    so a crash or a concurrent copy never leaves a partial bundle under the final name).
+
+    Raises:
+        BundleError: no manifest at ``root``, or a manifest that names a path outside it.
+    """
+    if not is_remote(root):
+        return Path(root)
+    location = str(root)
+    raw = read_bytes(join(location, MANIFEST_FILE))
+    if raw is None:
+        raise BundleError(f"{location}: not a model bundle (no {MANIFEST_FILE})")
+    target = cache_dir("bundles") / hashlib.sha256(raw).hexdigest()
+    if (target / MANIFEST_FILE).is_file():
+        return target
+    try:
+        files = json.loads(raw)["files"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{location}/{MANIFEST_FILE}: unreadable manifest ({exc})") from exc
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    try:
+        for rel in sorted(files):
+            download(join(location, _safe_relative(location, rel)), partial / rel)
+        (partial / MANIFEST_FILE).write_bytes(raw)
+        os.rename(partial, target)
+    except OSError:
+        if not (target / MANIFEST_FILE).is_file():  # not another process's complete copy
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 def open_bundle(root: str | Path) -> Bundle:
     """Check a bundle's manifest and files (names and sizes), hash and read its fusion
     parameters and config; model files are hashed by :meth:`Bundle.verified`.
+
+    ``root`` may be a URI: see :func:`local_copy`.
 
     Raises:
         BundleError: see :func:`verify_bundle`; also when the class order differs from this
@@ -259,7 +312,7 @@ def open_bundle(root: str | Path) -> Bundle:
     """
     from rakuten_ray.catalog import CLASS_CODES
 
-    root = Path(root).resolve()
+    root = local_copy(root).resolve()
     manifest, raw = _read_manifest(root)
     bundle_id = hashlib.sha256(raw).hexdigest()[:BUNDLE_ID_LENGTH]
     fusion_path = root / BundleLayout.FUSION

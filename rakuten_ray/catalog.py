@@ -53,6 +53,10 @@ CATEGORY_NAMES: dict[int, str] = {
 
 X_COLUMNS: tuple[str, ...] = ("designation", "description", "productid", "imageid")
 ID_COLUMNS: tuple[str, ...] = ("productid", "imageid")
+#: Optional columns of a Parquet input that carry each row's image in place of the image
+#: folder: its encoded bytes, or the path or URI of its file.
+IMAGE_BYTES_COLUMN, IMAGE_URI_COLUMN = "image", "image_uri"
+IMAGE_COLUMNS: tuple[str, ...] = (IMAGE_BYTES_COLUMN, IMAGE_URI_COLUMN)
 LABEL_COLUMN = "prdtypecode"
 
 X_TRAIN_FILE = "X_train_update.csv"

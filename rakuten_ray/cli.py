@@ -16,6 +16,7 @@ from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ConfigError, load_config
 from rakuten_ray.lifecycle import ResumeError
 from rakuten_ray.revisions import PIN_COMMAND, HubLookupError, pin_revisions, require_pinned
+from rakuten_ray.storage import StorageError, join
 
 EXIT_SCHEMA_ERROR = 2
 
@@ -100,7 +101,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         f"{summary.engine} engine in {summary.seconds:.1f}s "
         f"({summary.rows_per_second:.1f} rows/s); image status: {summary.image_status_counts}"
     )
-    print(f"predictions: {args.out / 'predictions'}  submission: {args.out / 'submission.csv'}")
+    predictions, submission = join(args.out, "predictions"), join(args.out, "submission.csv")
+    print(f"predictions: {predictions}  submission: {submission}")
     return 0
 
 
@@ -200,10 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_cmd_train)
 
     score = commands.add_parser("score", help="score a catalogue with a model bundle")
-    score.add_argument("--bundle", required=True, type=Path, help="sealed model bundle")
-    score.add_argument("--input", required=True, type=Path, help="CSV/Parquet file or folder")
-    score.add_argument("--images", required=True, type=Path, help="folder of product images")
-    score.add_argument("--out", required=True, type=Path, help="output folder")
+    # Locations stay strings: pathlib would fold the "//" of an s3:// URI.
+    score.add_argument("--bundle", required=True, help="sealed model bundle (path or URI)")
+    score.add_argument("--input", required=True, help="CSV/Parquet file or folder (path or URI)")
+    score.add_argument(
+        "--images",
+        help="folder of product images (path or URI); not needed for a Parquet input with an "
+        "image (bytes) or image_uri column",
+    )
+    score.add_argument("--out", required=True, help="output folder (path or URI)")
     score.add_argument("--engine", choices=["ray", "local"], default="ray")
     score.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     score.add_argument("--resume", action="store_true", help="finish an interrupted run")
@@ -216,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a scoring key, e.g. scoring.image.pool_size=2",
     )  # fmt: skip
     score.add_argument(
-        "--previous", type=Path, default=None,
+        "--previous", default=None,
         help="an earlier output folder: carry over its rows of unchanged content and bundle",
     )  # fmt: skip
     score.add_argument("--address", help="Ray cluster address (default: start Ray locally)")
@@ -242,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     serve = commands.add_parser("serve", help="answer one product at a time over HTTP")
-    serve.add_argument("--bundle", required=True, type=Path, help="sealed model bundle")
+    serve.add_argument("--bundle", required=True, help="sealed model bundle (path or URI)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--replicas", type=int, default=None, help="replicas of the model")
@@ -289,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except (SchemaError, ConfigError, BundleError, ResumeError) as exc:
+    except (SchemaError, ConfigError, BundleError, ResumeError, StorageError) as exc:
         print(f"rakuten-ray: input error: {exc}", file=sys.stderr)
         return EXIT_SCHEMA_ERROR
     except HubLookupError as exc:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from rakuten_ray.layout import ImageStatus
+from rakuten_ray.storage import Location, is_remote, read_bytes
 
 #: Largest image decoded, in pixels. Catalogue photos are at most a few megapixels; a file
 #: whose header claims more is a decompression bomb (a tiny file that would expand into
@@ -104,6 +105,14 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     if not path.is_file():
         return LoadedImage(None, ImageStatus.UNREADABLE)
     return _safely_decoded(path, max_pixels)
+
+
+def load_image_at(location: Location, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """:func:`load_image` for a local path or an object-storage URI (read whole, then
+    decoded like an upload); an object that is not there is ``missing``."""
+    if not is_remote(location):
+        return load_image(location, max_pixels)
+    return load_image_bytes(read_bytes(location), max_pixels)
 
 
 def load_image_bytes(data: bytes | None, max_pixels: int = MAX_PIXELS) -> LoadedImage:

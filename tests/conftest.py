@@ -4,10 +4,12 @@ in ``helpers.py``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import production_shaped_config, sample_dir
+from object_store import ObjectStore, running_object_store
 from tiny_models import TinyProductionModels
 
 
@@ -21,8 +23,18 @@ def rakuten_sample() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """A real S3-protocol server on loopback, reached through the standard ``AWS_*``
+    variables; remote bundles are cached in a folder of the session."""
+    with running_object_store(tmp_path_factory.mktemp("cache")) as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def ray_local(object_store: ObjectStore):
     """A local Ray instance for the whole session (2 CPUs, as on the CI machine).
+
+    Started after the object store, so that its workers inherit the variables that reach it.
 
     Always a new instance (``address="local"``): never a cluster that ``ray start`` or a
     ``RAY_ADDRESS`` left on the machine, whose CPUs the session does not control.

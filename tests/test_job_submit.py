@@ -1,5 +1,7 @@
 """The job entrypoints (``jobs/train.py``, ``jobs/score.py``, ``jobs/serve.py``) submitted
-with ``ray job submit`` to a real local Ray cluster.
+with ``ray job submit`` to a real local Ray cluster; the scoring job reads its bundle, input
+and images from object storage and publishes its output there (the session's S3-protocol
+server, reached through the ``AWS_*`` variables the cluster inherits).
 
 The cluster is a separate ``ray start --head`` next to the session's in-process Ray
 (``ray_local``) and other Ray instances on the machine: it gets its own ports and its own
@@ -28,6 +30,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from helpers import REPO_ROOT, read_predictions
+from object_store import ObjectStore
 
 RAY = Path(sys.executable).parent / "ray"
 JOB_TIMEOUT_S = 600
@@ -209,24 +212,29 @@ def test_train_job_seals_a_verified_bundle(job_run: JobRun, local_cluster: Local
 
 @pytest.mark.slow
 def test_score_job_on_local_cluster(
-    tiny_run: Path, tiny_catalogue: Path, local_cluster: LocalCluster, tmp_path: Path
-) -> None:
-    """The job scores every test row and writes the submission in input order."""
-    out = tmp_path / "scores"
+    tiny_run: Path, tiny_catalogue: Path, object_store: ObjectStore,
+    local_cluster: LocalCluster, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The job scores every test row from object storage and publishes the submission there,
+    in input order."""
+    bucket = object_store.bucket("jobs")
     source = tiny_catalogue / "X_test_update.csv"
-    # Absolute paths: the job runs in an unpacked copy of the working dir. The venv's Python
-    # rather than `python`, which the job's shell might resolve to another interpreter.
+    bundle = object_store.upload(tiny_run / "bundle", f"{bucket}/bundle")
+    remote_source = object_store.upload(source, f"{bucket}/input/X_test_update.csv")
+    images = object_store.upload(tiny_catalogue / "images" / "image_test", f"{bucket}/images")
+    out = f"{bucket}/scores"
+    # The venv's Python rather than `python`, which the job's shell might resolve to another
+    # interpreter.
     entrypoint = [
-        sys.executable, "jobs/score.py", "--bundle", str(tiny_run / "bundle"),
-        "--input", str(source), "--images", str(tiny_catalogue / "images" / "image_test"),
-        "--out", str(out),
+        sys.executable, "jobs/score.py", "--bundle", bundle, "--input", remote_source,
+        "--images", images, "--out", out,
     ]  # fmt: skip
     submission_id = f"score-{int(time.time())}"
     try:
         submitted = submit(local_cluster, submission_id, entrypoint)
     finally:
         # Ends the job's driver too if it outlives the wait (its command line names `out`).
-        _end_processes([str(out)])
+        _end_processes([out])
     log = job_log(submitted)
     assert submitted.returncode == 0, log
 
@@ -234,14 +242,16 @@ def test_score_job_on_local_cluster(
 
     assert job_client(local_cluster).get_job_status(submission_id) == JobStatus.SUCCEEDED, log
 
+    assert "summary.json" in object_store.keys(out)
+    scores = object_store.download(out, tmp_path / "scores")
     inputs = pd.read_csv(source, index_col=0)
-    predictions = pd.read_parquet(out / "predictions")
+    predictions = pd.read_parquet(scores / "predictions")
     assert len(predictions) == len(inputs)
     assert sorted(predictions["index"]) == sorted(inputs.index)
 
-    with open(out / "submission.csv") as handle:
+    with open(scores / "submission.csv") as handle:
         assert handle.readline().strip() == ",prdtypecode"
-    submission = pd.read_csv(out / "submission.csv", index_col=0)
+    submission = pd.read_csv(scores / "submission.csv", index_col=0)
     assert list(submission.columns) == ["prdtypecode"]
     assert submission.index.tolist() == inputs.index.tolist()
     expected = predictions.set_index("index")["prdtypecode"].loc[inputs.index].to_numpy()

@@ -17,7 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 #: own layer and the layers below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("catalog", "text", "images", "layout", "hashing", "safe_io", "batching", "metrics",
-     "splits", "lifecycle", "ray_session", "data"),
+     "splits", "lifecycle", "ray_session", "data", "storage"),
     ("models",),
     ("config",),
     ("fusion", "bundle", "revisions"),

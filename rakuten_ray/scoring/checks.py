@@ -11,34 +11,40 @@ again.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
-from rakuten_ray.catalog import ID_COLUMNS, SchemaError, image_path
+from rakuten_ray import storage
+from rakuten_ray.catalog import ID_COLUMNS, SchemaError, image_filename
 from rakuten_ray.config import ScoringParams
-from rakuten_ray.hashing import sha256_file
 from rakuten_ray.layout import ScoringLayout
 from rakuten_ray.lifecycle import RunRecord, data_fingerprint, resume_record
 from rakuten_ray.scoring.rows import as_id
+from rakuten_ray.storage import Location
 
 #: Rows whose image is looked up before a run starts: all of them up to this many, else this
-#: many spread evenly over the input (a stat per row; on network storage, milliseconds each).
+#: many spread evenly over the input (a lookup per row).
 IMAGE_CHECK_ROWS = 20_000
+#: Image lookups in flight at once.
+LOOKUP_THREADS = 32
 #: Missing images named in the error.
 EXAMPLES = 5
 
 
-def check_image_dir(image_dir: Path, needed: bool) -> None:
+def check_image_dir(image_dir: Location | None, needed: bool) -> None:
     """Refuse an image folder that does not exist or is not a folder (when the bundle has
-    image models to feed)."""
-    if not needed:
+    image models to feed); a URI's store must answer."""
+    if not needed or image_dir is None:
         return
-    if not image_dir.exists():
+    found = storage.info(image_dir).type
+    if found == FileType.NotFound:
         raise SchemaError(f"{image_dir}: the image folder (--images) does not exist")
-    if not image_dir.is_dir():
+    if found != FileType.Directory:
         raise SchemaError(f"{image_dir}: the image folder (--images) is not a folder")
 
 
@@ -57,7 +63,7 @@ def _sample_ids(shards: list[Path], total: int, limit: int) -> pd.DataFrame:
 
 
 def check_images_found(
-    shards: list[Path], total: int, image_dir: Path, max_missing_share: float
+    shards: list[Path], total: int, image_dir: Location, max_missing_share: float
 ) -> None:
     """Refuse a run where more than ``max_missing_share`` of the rows find no image file
     (ids that name no file count as missing), measured on up to :data:`IMAGE_CHECK_ROWS`.
@@ -67,11 +73,16 @@ def check_images_found(
     """
     rows = _sample_ids(shards, total, IMAGE_CHECK_ROWS)
     missing: list[str] = []
+    paths: list[str] = []
     for imageid, productid in zip(rows["imageid"], rows["productid"], strict=True):
         if pd.isna(imageid) or pd.isna(productid):
             missing.append(f"(row without valid ids: imageid {imageid}, productid {productid})")
-        elif not image_path(image_dir, int(imageid), int(productid)).is_file():
-            missing.append(str(image_path(image_dir, int(imageid), int(productid))))
+        else:
+            paths.append(storage.join(image_dir, image_filename(int(imageid), int(productid))))
+    # Lookups in an object store take milliseconds each: they run side by side.
+    with ThreadPoolExecutor(LOOKUP_THREADS) as pool:
+        found = list(pool.map(storage.is_file, paths))
+    missing += [path for path, there in zip(paths, found, strict=True) if not there]
     share = len(missing) / len(rows)
     if share > max_missing_share:
         raise SchemaError(
@@ -100,23 +111,32 @@ RESULT_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def input_fingerprint(files: list[Path]) -> str:
+def input_fingerprint(files: list[Location]) -> str:
     """The input files' fingerprint: their names and contents, in order."""
     table = pd.DataFrame(
-        {"file": [p.name for p in files], "sha256": [sha256_file(p) for p in files]}
+        {"file": [storage.name(p) for p in files], "sha256": [storage.sha256(p) for p in files]}
     )
     return data_fingerprint(table)
 
 
+def _images_input(image_dir: Location | None) -> str:
+    """The image folder as a run record names it (empty when the rows carry their images)."""
+    if image_dir is None:
+        return ""
+    if storage.is_remote(image_dir):
+        return storage.join(image_dir)
+    return str(Path(image_dir).resolve())
+
+
 def scoring_record(
-    bundle_id: str, files: list[Path], image_dir: Path, scoring: ScoringParams
+    bundle_id: str, files: list[Location], image_dir: Location | None, scoring: ScoringParams
 ) -> RunRecord:
     """What a scoring run scores: the bundle, the input, the image folder (resolved) and the
     :data:`RESULT_SETTINGS`, keyed as ``--set`` names them."""
     inputs = {
         BUNDLE_INPUT: bundle_id,
         SOURCE_INPUT: input_fingerprint(files),
-        IMAGES_INPUT: str(image_dir.resolve()),
+        IMAGES_INPUT: _images_input(image_dir),
     }
     pools = {
         pool: {name: getattr(getattr(scoring, pool), name) for name in names}

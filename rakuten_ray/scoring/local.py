@@ -47,20 +47,22 @@ class FinalPipeline:
         self._prep: dict[str, ImagePrepStage] = {}
         self.overlapping = self.text.num_threads == self.image.num_threads
 
-    def _prep_stage(self, image_dir: str) -> ImagePrepStage:
+    def _prep_stage(self, image_dir: str | None) -> ImagePrepStage:
         if image_dir not in self._prep:
             pool = self.scoring.image_prep
             self._prep[image_dir] = ImagePrepStage(self.bundle_dir, image_dir, pool)
         return self._prep[image_dir]
 
-    def predict(self, products: pd.DataFrame, image_dir: str | Path) -> pd.DataFrame:
+    def predict(self, products: pd.DataFrame, image_dir: str | Path | None) -> pd.DataFrame:
         """One output row per input row, in input order.
 
         Args:
             products: rows with ``designation``, ``description``, ``productid``, ``imageid``;
                 their index is carried to the output's ``index`` column and their position
                 to ``row`` (unless the frame already has these columns, as staged inputs do).
-            image_dir: folder of ``image_{imageid}_product_{productid}.jpg`` files.
+            image_dir: folder of ``image_{imageid}_product_{productid}.jpg`` files (a path
+                or URI); ``None`` when ``products`` carry their images in an ``image`` or
+                ``image_uri`` column.
         """
         if INDEX_COLUMN not in products.columns:
             products = products.rename_axis(INDEX_COLUMN).reset_index()
@@ -75,11 +77,12 @@ class FinalPipeline:
         return pd.concat(list(self.predict_batches(batches, image_dir)), ignore_index=True)
 
     def predict_batches(
-        self, batches: Iterable[pd.DataFrame], image_dir: str | Path
+        self, batches: Iterable[pd.DataFrame], image_dir: str | Path | None
     ) -> Iterator[pd.DataFrame]:
         """Each batch's output rows, in order, for batches that already carry the ``index``
         and ``row`` columns (staged shards do); read lazily, a few batches ahead."""
-        stages = [self.text, self._prep_stage(str(image_dir)), self.image, self.fusion]
+        prep = self._prep_stage(None if image_dir is None else str(image_dir))
+        stages = [self.text, prep, self.image, self.fusion]
         if self.overlapping:
             return pipelined(stages, batches)
         return (reduce(lambda batch, stage: stage(batch), stages, b) for b in batches)

@@ -66,9 +66,9 @@ class _SkipDone:
 
 
 def score_with_ray(
-    bundle_dir: Path,
+    bundle_dir: str | Path,
     shards: list[Path],
-    image_dir: Path,
+    image_dir: str | Path | None,
     out_dir: Path,
     scoring: ScoringParams,
     done_rows: RowSet | None = None,
@@ -78,7 +78,8 @@ def score_with_ray(
     Args:
         bundle_dir: the sealed bundle (each actor hashes the files it loads before loading).
         shards: staged input Parquet files.
-        image_dir: folder of the product images (a path every node can read).
+        image_dir: folder of the product images (a path every node can read, or a URI);
+            ``None`` when the shards carry each row's image.
         out_dir: Parquet output folder; files hold at most ``rows_per_output_file`` rows.
         scoring: pool sizes, batch sizes and resources per stage.
         done_rows: rows already predicted (by an interrupted run, or carried over), skipped
@@ -107,10 +108,10 @@ def score_with_ray(
             _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=IO_CPUS,
         )  # fmt: skip
-    bundle = str(bundle_dir)
+    bundle, images = str(bundle_dir), None if image_dir is None else str(image_dir)
     stages = (
         (TextStage, {"bundle_dir": bundle}, scoring.text),
-        (ImagePrepStage, {"bundle_dir": bundle, "image_dir": str(image_dir)}, scoring.image_prep),
+        (ImagePrepStage, {"bundle_dir": bundle, "image_dir": images}, scoring.image_prep),
         (ImageStage, {"bundle_dir": bundle}, scoring.image),
         (FusionStage, {"bundle_dir": bundle}, scoring.fusion),
     )

@@ -11,37 +11,58 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 
-from rakuten_ray.catalog import ID_COLUMNS, X_COLUMNS, SchemaError, image_path
+from rakuten_ray import storage
+from rakuten_ray.catalog import (
+    ID_COLUMNS,
+    IMAGE_BYTES_COLUMN,
+    IMAGE_COLUMNS,
+    X_COLUMNS,
+    SchemaError,
+    image_filename,
+)
 from rakuten_ray.layout import CONTENT_HASH_COLUMN, INDEX_COLUMN, ROW_COLUMN
+from rakuten_ray.storage import Location, StorageError
 
 INPUT_SUFFIXES = (".csv", ".parquet")
 _ID_PATTERN = r"\d{1,18}(?:\.0*)?"
 
 
-def input_files(source: str | Path) -> list[Path]:
-    """One file, or every ``.csv`` / ``.parquet`` file of a folder (sorted), as inputs.
+def input_files(source: Location) -> list[str]:
+    """One file, or every ``.csv`` / ``.parquet`` file of a folder (sorted), as inputs; a
+    local path or an object-storage URI (:mod:`rakuten_ray.storage`).
 
     Raises:
         SchemaError: nothing to read, or a mix of CSV and Parquet.
+        StorageError: the store refuses or cannot be reached.
     """
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix in INPUT_SUFFIXES and p.is_file())
-    elif source.is_file():
-        files = [source]
+    found = storage.info(source)
+    if found.type == FileType.Directory:
+        files = [f for f in storage.list_files(source) if suffix(f) in INPUT_SUFFIXES]
+    elif found.type == FileType.File:
+        files = [str(source)]
     else:
         raise SchemaError(f"{source}: input not found")
     if not files:
         raise SchemaError(f"{source}: no .csv or .parquet input files")
-    if len({p.suffix for p in files}) > 1:
+    if len({suffix(f) for f in files}) > 1:
         raise SchemaError(f"{source}: mixes CSV and Parquet inputs; use one format per run")
     return files
+
+
+def suffix(location: Location) -> str:
+    """A file's extension (``.csv``), for a path or a URI alike."""
+    return PurePosixPath(storage.name(location)).suffix
 
 
 def _is_record(fields: list[str]) -> bool:
@@ -49,19 +70,18 @@ def _is_record(fields: list[str]) -> bool:
     return bool(fields) and not (len(fields) == 1 and fields[0] and not fields[0].strip())
 
 
-def _peek(path: Path) -> tuple[list[str], bool]:
+def _peek(path: Location) -> tuple[list[str], bool]:
     """Column names of one input file and whether it has a row, read without its rows."""
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+    if suffix(path) == ".parquet":
         try:
-            parquet = pq.ParquetFile(path)
-            return list(parquet.schema_arrow.names), parquet.metadata.num_rows > 0
+            with storage.open_input(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                return list(parquet.schema_arrow.names), parquet.metadata.num_rows > 0
         except (OSError, pa.ArrowException) as exc:
             raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
     # "utf-8-sig" drops a leading byte-order mark (spreadsheet exports), as pandas does.
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+    with storage.open_input(path) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         records = csv.reader(handle)
         try:
             header = next(records, [])
@@ -73,30 +93,44 @@ def _peek(path: Path) -> tuple[list[str], bool]:
             return header, True  # something follows the header: the reader will judge it
 
 
-def check_headers(files: list[Path]) -> None:
-    """Refuse, before any work, a file that lacks a required column, or inputs with no row.
+def check_headers(files: Sequence[Location]) -> str | None:
+    """Refuse, before any work, a file that lacks a required column, or inputs with no row;
+    returns the image column the inputs carry (:data:`IMAGE_COLUMNS`), if any.
 
     A CSV's first column is its unnamed row index (the challenge's layout); a Parquet file
-    carries the row index in a column named ``index`` (as the predictions do).
+    carries the row index in a column named ``index`` (as the predictions do), and may carry
+    each row's image in one of :data:`IMAGE_COLUMNS`, the same one in every file.
     """
     has_rows = False
+    carried: set[str | None] = set()
     for path in files:
         header, rows = _peek(path)
-        if path.suffix == ".csv":
+        if suffix(path) == ".csv":
             if not header or header[0] != "":
                 raise SchemaError(f"{path}: the first column must be the unnamed row index")
             header = [INDEX_COLUMN, *header[1:]]
         missing = [c for c in (INDEX_COLUMN, *X_COLUMNS) if c not in header]
         if missing:
             raise SchemaError(f"{path}: missing column(s) {missing}; found {header}")
+        images = [c for c in IMAGE_COLUMNS if c in header] if suffix(path) == ".parquet" else []
+        if len(images) > 1:
+            raise SchemaError(f"{path}: carries both {images}; keep one image column")
+        carried.add(images[0] if images else None)
         has_rows = has_rows or rows
+    if len(carried) > 1:
+        raise SchemaError(
+            f"{_inputs_name(files)}: the files carry different image columns "
+            f"({sorted(map(str, carried))}); use one layout per run"
+        )
     if not has_rows:
         raise SchemaError(f"{_inputs_name(files)}: no rows to score (a header alone)")
+    return carried.pop()
 
 
-def _inputs_name(files: list[Path]) -> Path:
+def _inputs_name(files: Sequence[Location]) -> str:
     """The input as a message names it: its one file, or the folder of its files."""
-    return files[0] if len(files) == 1 else files[0].parent
+    first = str(files[0])
+    return first if len(files) == 1 else first[: -len(storage.name(first)) - 1]
 
 
 def _str(value: object) -> str:
@@ -140,40 +174,46 @@ def normalise_batch(batch: pd.DataFrame) -> pd.DataFrame:
         out[column] = as_id(batch[column].reset_index(drop=True))
     if CONTENT_HASH_COLUMN in batch.columns:  # staged rows carry it to their predictions
         out[CONTENT_HASH_COLUMN] = batch[CONTENT_HASH_COLUMN].to_numpy()
+    for column in IMAGE_COLUMNS:
+        if column in batch.columns:
+            # Arrow-typed, so that Ray Data hands the column between stages as Arrow binary
+            # or string rather than as a column of Python objects.
+            values = _image_column(batch[column].reset_index(drop=True), column)
+            out[column] = pd.arrays.ArrowExtensionArray(values)
     return out
 
 
-def _raw_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _raw_chunks(path: Location, rows: int) -> Iterator[pd.DataFrame]:
     """The file's rows as text columns, ``rows`` at a time (memory stays bounded).
 
     Raises:
         SchemaError: the file's body cannot be parsed (its header passed the check).
     """
-    if path.suffix == ".parquet":
-        yield from _parquet_chunks(path, rows)
-    else:
-        yield from _csv_chunks(path, rows)
+    with storage.open_input(path) as handle:
+        if suffix(path) == ".parquet":
+            yield from _parquet_chunks(path, handle, rows)
+        else:
+            yield from _csv_chunks(path, handle, rows)
 
 
-def _parquet_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _parquet_chunks(path: Location, handle: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
     try:
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=rows, columns=[INDEX_COLUMN, *X_COLUMNS]):
+        parquet = pq.ParquetFile(handle)
+        images = [c for c in IMAGE_COLUMNS if c in parquet.schema_arrow.names]
+        columns = [INDEX_COLUMN, *X_COLUMNS, *images]
+        for batch in parquet.iter_batches(batch_size=rows, columns=columns):
             yield batch.to_pandas().astype(object)
     except (OSError, pa.ArrowException) as exc:
         raise SchemaError(f"{path}: not a readable Parquet file ({exc})") from exc
 
 
-def _csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+def _csv_chunks(path: Location, handle: BinaryIO, rows: int) -> Iterator[pd.DataFrame]:
     # index_col=False with a usecols callable keeps every row's first field as the row index
     # even when rows carry more fields than the header (a trailing delimiter, an unquoted
     # comma): the surplus fields are ignored instead of shifting the columns or failing.
     try:
         chunks = pd.read_csv(
-            path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
+            handle, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace",
             chunksize=rows, index_col=False, usecols=lambda _: True,
         )  # fmt: skip
         for chunk in chunks:
@@ -182,7 +222,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
         raise SchemaError(f"{path}: not a readable CSV file ({exc})") from exc
 
 
-def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
+def _scoring_columns(path: Location, chunk: pd.DataFrame) -> pd.DataFrame:
     """The row index (the first column, by position) and the X columns of a CSV chunk."""
     missing = [c for c in X_COLUMNS if c not in chunk.columns]
     if missing:
@@ -192,28 +232,63 @@ def _scoring_columns(path: Path, chunk: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([index, chunk[list(X_COLUMNS)]], axis=1)
 
 
-def _image_bytes(image_dir: Path, imageid: object, productid: object) -> bytes:
-    """The bytes of a row's image file; a marker that no file holds for a row without one."""
-    if pd.isna(imageid) or pd.isna(productid):
-        return b"\x00invalid id"
+def _image_column(values: pd.Series, column: str) -> pa.Array:
+    """A carried image column with one Arrow type in every shard (a chunk of nulls alone
+    would otherwise be typed ``null``); a value of the wrong type becomes null, which the
+    image stage reports as ``missing``."""
+    if column == IMAGE_BYTES_COLUMN:
+        kept = [v if isinstance(v, bytes) else None for v in values]
+        return pa.array(kept, type=pa.binary())
+    kept = [v if isinstance(v, str) and v.strip() else None for v in values]
+    return pa.array(kept, type=pa.string())
+
+
+def _read_or_marker(location: Location) -> bytes:
+    """A file's bytes; a marker for no file, or one that cannot be read (scored as such, so
+    hashed as such)."""
     try:
-        return image_path(image_dir, int(imageid), int(productid)).read_bytes()
-    except OSError:  # missing or unreadable: scored as such, so hashed as such
-        return b"\x00no file"
+        data = storage.read_bytes(location)
+    except StorageError:
+        return b"\x00unreadable"
+    return b"\x00no file" if data is None else data
 
 
-def content_hashes(frame: pd.DataFrame, image_dir: Path | None) -> list[str]:
-    """Each staged row's content digest: its texts and ids as staged and, with ``image_dir``
-    (a bundle with image models), the bytes of its image file. Each field is length-prefixed
-    so that no two different rows share a digest by shifting text between fields."""
-    columns = [frame[c].tolist() for c in X_COLUMNS]
-    ids = as_id(frame["imageid"]), as_id(frame["productid"])
+def _image_bytes(table: pa.Table, image_dir: Location | None) -> Iterator[bytes]:
+    """Each staged row's image as the image stage will read it: the input's own image
+    column (:data:`IMAGE_COLUMNS`) when it has one, else the file named by the row's ids in
+    ``image_dir``."""
+    carried = [c for c in IMAGE_COLUMNS if c in table.column_names]
+    if carried and carried[0] == IMAGE_BYTES_COLUMN:
+        yield from (b"\x00no bytes" if v is None else v for v in table[carried[0]].to_pylist())
+    elif carried:
+        yield from (
+            b"\x00no file" if v is None else _read_or_marker(v)
+            for v in table[carried[0]].to_pylist()
+        )
+    else:
+        imageids, productids = (as_id(table[c].to_pandas()) for c in ("imageid", "productid"))
+        for imageid, productid in zip(imageids, productids, strict=True):
+            if pd.isna(imageid) or pd.isna(productid):
+                yield b"\x00invalid id"
+            else:
+                yield _read_or_marker(
+                    storage.join(image_dir, image_filename(int(imageid), int(productid)))
+                )
+
+
+def content_hashes(table: pa.Table, image_dir: Location | None, images: bool) -> list[str]:
+    """Each staged row's content digest: its texts and ids as staged and, when ``images``
+    are scored (a bundle with image models), its image's bytes (:func:`_image_bytes`). Each
+    field is length-prefixed so that no two different rows share a digest by shifting text
+    between fields."""
+    columns = [table[c].to_pylist() for c in X_COLUMNS]
+    pictures = _image_bytes(table, image_dir) if images else None
     digests = []
-    for position, fields in enumerate(zip(*columns, strict=True)):
+    for fields in zip(*columns, strict=True):
         digest = hashlib.blake2b(digest_size=16)
         parts = [field.encode("utf-8") for field in fields]
-        if image_dir is not None:
-            parts.append(_image_bytes(image_dir, ids[0][position], ids[1][position]))
+        if pictures is not None:
+            parts.append(next(pictures))
         for part in parts:
             digest.update(len(part).to_bytes(8, "little"))
             digest.update(part)
@@ -222,10 +297,12 @@ def content_hashes(frame: pd.DataFrame, image_dir: Path | None) -> list[str]:
 
 
 def stage_inputs(
-    files: list[Path], staging_dir: Path, rows_per_shard: int, image_dir: Path | None = None
-) -> int:
+    files: Sequence[Location], staging_dir: Path, rows_per_shard: int,
+    image_dir: Location | None = None, images: bool = False,
+) -> int:  # fmt: skip
     """Copy the inputs into numbered Parquet shards with a global ``row`` position and each
-    row's content digest (:func:`content_hashes`; ``image_dir`` when images are scored).
+    row's content digest (:func:`content_hashes`; ``images`` when images are scored, from
+    the input's image column or ``image_dir``).
 
     Shards give large inputs many read tasks, let a resumed run see which rows are done,
     and let the submission follow input order. The input is read ``rows_per_shard`` rows at
@@ -239,8 +316,13 @@ def stage_inputs(
         for chunk in _raw_chunks(path, rows_per_shard):
             frame = chunk[[INDEX_COLUMN, *X_COLUMNS]].apply(_as_text).reset_index(drop=True)
             frame.insert(0, ROW_COLUMN, np.arange(position, position + len(frame)))
-            frame[CONTENT_HASH_COLUMN] = content_hashes(frame, image_dir)
-            frame.to_parquet(staging_dir / f"shard-{shard:05d}.parquet", index=False)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            for column in IMAGE_COLUMNS:
+                if column in chunk.columns:
+                    table = table.append_column(column, _image_column(chunk[column], column))
+            hashes = pa.array(content_hashes(table, image_dir, images), type=pa.string())
+            table = table.append_column(CONTENT_HASH_COLUMN, hashes)
+            pq.write_table(table, staging_dir / f"shard-{shard:05d}.parquet")
             position, shard = position + len(frame), shard + 1
     if not position:
         # check_headers refuses inputs without rows; this guards its peek at the records.

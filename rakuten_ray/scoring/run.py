@@ -17,6 +17,7 @@ written from partitions on disk (:mod:`rakuten_ray.scoring.submission`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from pyarrow.fs import FileType
 
+from rakuten_ray import storage
 from rakuten_ray.bundle import Bundle, load_bundle
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ScoringParams
@@ -45,6 +48,7 @@ from rakuten_ray.scoring.progress import RowProgress
 from rakuten_ray.scoring.rows import check_headers, input_files, stage_inputs
 from rakuten_ray.scoring.rowset import RowSet, done_rows
 from rakuten_ray.scoring.submission import write_submission
+from rakuten_ray.storage import Location
 
 Engine = Literal["ray", "local"]
 Log = Callable[[str], None]
@@ -86,10 +90,15 @@ class ScoringInputs:
     """A run's checked inputs: the input files, the hashed bundle, its scoring settings (with
     the command line's overrides), the image folder and the ``--previous`` output."""
 
-    files: list[Path]
+    files: list[str]
     bundle: Bundle
     scoring: ScoringParams
-    image_dir: Path
+    #: The image folder; ``None`` when the input carries its images (``image_column``).
+    image_dir: Location | None
+    #: The input's image column (:data:`~rakuten_ray.catalog.IMAGE_COLUMNS`), if any.
+    image_column: str | None
+    #: The bundle as the stages open it: a URI stays one, so that each node copies it.
+    bundle_source: str
     previous: Previous | None = None
 
 
@@ -105,9 +114,9 @@ def _prepare_out(out: Path, overwrite: bool, resume: bool) -> None:
 
 
 def _score_locally(
-    bundle_dir: Path,
+    bundle_dir: str,
     shards: list[Path],
-    image_dir: Path,
+    image_dir: Location | None,
     predictions: Path,
     scoring: ScoringParams,
     skip: RowSet,
@@ -139,9 +148,9 @@ def _score_locally(
 
 
 def check_inputs(
-    bundle_dir: Path,
-    source: Path,
-    image_dir: Path,
+    bundle_dir: Location,
+    source: Location,
+    image_dir: Location | None,
     overrides: tuple[str, ...],
     refuse_unpinned: bool,
     previous: Path | None,
@@ -152,7 +161,7 @@ def check_inputs(
     the image folder, checked to be one where the bundle needs images, and the ``previous``
     output (another folder than ``out``), checked to be a scoring output."""
     files = input_files(source)
-    check_headers(files)
+    image_column = check_headers(files)
     # Every file is hashed here, before any work; each stage then hashes only what it loads.
     bundle = load_bundle(bundle_dir)
     if refuse_unpinned:
@@ -161,9 +170,21 @@ def check_inputs(
             f"`{PIN_COMMAND}`, or pass --allow-unpinned to score with it as it is"
         )
         require_pinned(bundle.config, str(bundle.path(BundleLayout.CONFIG)), remedy)
-    check_image_dir(image_dir, needed=bool(bundle.fusion.image_models))
+    needed = bool(bundle.fusion.image_models) and image_column is None
+    if needed and image_dir is None:
+        raise SchemaError(
+            f"{source}: --images is required: the bundle has image models and the input "
+            "carries no image or image_uri column"
+        )
+    if image_column is not None:
+        image_dir = None  # each row names its own image
+    check_image_dir(image_dir, needed)
+    source_of_bundle = str(bundle_dir) if storage.is_remote(bundle_dir) else str(bundle.root)
     before = None if previous is None else open_previous(previous, out)
-    return ScoringInputs(files, bundle, bundle.scoring(overrides), image_dir, before)
+    return ScoringInputs(
+        files, bundle, bundle.scoring(overrides), image_dir, image_column, source_of_bundle,
+        before,
+    )
 
 
 def open_run(
@@ -206,9 +227,9 @@ def stage(
         shutil.rmtree(staging)
     # A body the CSV parser rejects shows only while staging.
     # Image bytes go into a row's digest only when they go into its prediction.
-    image_dir = inputs.image_dir if inputs.bundle.fusion.image_models else None
+    images = bool(inputs.bundle.fusion.image_models)
     with _removed_on_refusal(layout.root if created else staging):
-        total = stage_inputs(inputs.files, staging, rows_per_shard, image_dir)
+        total = stage_inputs(inputs.files, staging, rows_per_shard, inputs.image_dir, images)
     record = record.with_progress(**{STAGED_ROWS: total})
     record.save(layout.record)
     return sorted(staging.glob("shard-*.parquet")), record, total
@@ -220,7 +241,7 @@ def check_images(
 ) -> None:  # fmt: skip
     """Refuse a run where most rows find no image, unless the bundle has no image model or
     ``allow_missing_images``."""
-    if not inputs.bundle.fusion.image_models or allow_missing_images:
+    if not inputs.bundle.fusion.image_models or allow_missing_images or inputs.image_dir is None:
         return
     share = inputs.scoring.max_missing_image_share
     with _removed_on_refusal(layout.root if created else None):
@@ -265,7 +286,7 @@ def score(
     skip = done_rows(predictions, total)
     if len(skip) == total:
         return 0
-    bundle_dir, image_dir, scoring = inputs.bundle.root, inputs.image_dir, inputs.scoring
+    bundle_dir, image_dir, scoring = inputs.bundle_source, inputs.image_dir, inputs.scoring
     if engine == "local":
         _score_locally(bundle_dir, shards, image_dir, predictions, scoring, skip, log)
     else:
@@ -291,11 +312,62 @@ def finish(
     return counts, changed
 
 
+def _work_folder(out: str, overwrite: bool, resume: bool) -> Path:
+    """The local folder where a run for an object-storage ``out`` works before publishing:
+    one per ``out`` in this node's cache, kept for ``resume``. Refuses a non-empty ``out``
+    unless ``overwrite`` or ``resume``, before any work."""
+    storage.check_bucket(out)
+    found = storage.check_reachable(out, must_exist=False, what="output folder")
+    # An object store has no empty folders: a prefix is "there" only while it holds objects.
+    if found.type != FileType.NotFound and not (overwrite or resume):
+        raise SchemaError(
+            f"{out}: output folder is not empty (use --overwrite to replace it, or --resume "
+            "to finish an interrupted run)"
+        )
+    folder = storage.cache_dir("runs") / hashlib.sha256(out.encode()).hexdigest()[:16]
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def _local_previous(previous: Location, out: Location) -> Path:
+    """A ``--previous`` output as a local folder: an object-storage one is copied (its run
+    record and prediction files, which is all that carrying over reads) into this node's
+    cache first."""
+    if not storage.is_remote(previous):
+        return Path(previous)
+    if str(previous).rstrip("/") == str(out).rstrip("/"):
+        raise SchemaError(f"{previous}: --previous must be another folder than --out")
+    key = hashlib.sha256(str(previous).encode()).hexdigest()[:16]
+    local = ScoringLayout(storage.cache_dir("previous") / key)
+    shutil.rmtree(local.root, ignore_errors=True)
+    remote = ScoringLayout(Path("."))  # names only: the same layout under the URI
+    record = storage.join(previous, remote.record.name)
+    if storage.is_file(record):
+        storage.download(record, local.record)
+    folder = storage.join(previous, remote.predictions.name)
+    found = storage.check_reachable(folder, must_exist=False, what="--previous predictions")
+    if found.type == FileType.Directory:
+        for file in storage.list_files(folder):
+            storage.download(file, local.predictions / storage.name(file))
+    return local.root
+
+
+def publish(layout: ScoringLayout, out: str) -> None:
+    """Copy a finished run's folder to ``out``, ``summary.json`` last: a crashed upload
+    leaves no summary, so nothing reads as complete; then drop the local copy."""
+    storage.delete_contents(out)
+    files = sorted(p for p in layout.root.rglob("*") if p.is_file() and p != layout.summary)
+    for path in [*files, layout.summary]:
+        storage.upload(path, storage.join(out, *path.relative_to(layout.root).parts))
+    shutil.rmtree(layout.root)
+
+
 def run_scoring(
-    bundle_dir: Path,
-    source: Path,
-    image_dir: Path,
-    out: Path,
+    bundle_dir: Location,
+    source: Location,
+    image_dir: Location | None,
+    out: Location,
     engine: Engine = "ray",
     overwrite: bool = False,
     resume: bool = False,
@@ -304,11 +376,15 @@ def run_scoring(
     rows_per_shard: int = ROWS_PER_SHARD,
     allow_missing_images: bool = False,
     refuse_unpinned: bool = False,
-    previous: Path | None = None,
+    previous: Location | None = None,
     log: Log = print,
 ) -> ScoringSummary:
     """Score every row of ``source`` (a CSV or Parquet file, or a folder of them), in named
     phases: check inputs, run record, stage, check images, score, finish.
+
+    Every location may be a local path or an object-storage URI (:mod:`rakuten_ray.storage`).
+    A run for a URI ``out`` works in a local folder of this node's cache and publishes it
+    when finished, ``summary.json`` last (:func:`publish`).
 
     ``rows_per_shard`` sets the staged shard size. With ``resume``, an interrupted run in
     ``out`` continues with the rows that have no prediction yet, from its staged shards. With
@@ -318,6 +394,8 @@ def run_scoring(
     whose code moved.
 
     Raises:
+        StorageError: a location whose store refuses or cannot be reached, or a missing
+            bucket or key; before any work.
         SchemaError: a missing column, no input, a non-empty ``out``, an image folder that is
             not one, or one where most rows find no image (unless ``allow_missing_images``).
             A ``previous`` that is not a scoring output, or is ``out``. All before any
@@ -328,12 +406,14 @@ def run_scoring(
         UnpinnedModelsError: see ``refuse_unpinned``, before any model loads.
     """
     clock = PhaseClock(log, label="phase ")
-    layout = ScoringLayout(Path(out))
+    remote = storage.is_remote(out)
     with clock.phase("check inputs"):
+        local = _work_folder(str(out), overwrite, resume) if remote else Path(out)
+        layout = ScoringLayout(local)
+        before = None if previous is None else _local_previous(previous, out)
         inputs = check_inputs(
-            Path(bundle_dir), Path(source), Path(image_dir), overrides, refuse_unpinned,
-            None if previous is None else Path(previous), layout.root,
-        )  # fmt: skip
+            bundle_dir, source, image_dir, overrides, refuse_unpinned, before, layout.root
+        )
     with clock.phase("run record"):
         record, created = open_run(inputs, layout, overwrite, resume)
     with clock.phase("stage"):
@@ -363,4 +443,6 @@ def run_scoring(
     layout.summary.write_text(
         json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}, indent=1)
     )
+    if remote:
+        publish(layout, str(out))
     return summary

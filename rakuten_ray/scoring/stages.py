@@ -11,19 +11,23 @@ config and the command line.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rakuten_ray.batching import map_fixed_batches
 from rakuten_ray.bundle import Bundle, ModelEntry, open_bundle
-from rakuten_ray.catalog import CLASS_CODES, image_path
+from rakuten_ray.catalog import (
+    CLASS_CODES,
+    IMAGE_BYTES_COLUMN,
+    IMAGE_COLUMNS,
+    image_filename,
+)
 from rakuten_ray.config import StagePool
 from rakuten_ray.fusion.fitting import calibrated_blend
 from rakuten_ray.fusion.routing import ReviewPolicy
 from rakuten_ray.fusion.stacking import load_meta_model
-from rakuten_ray.images import LoadedImage, load_image
+from rakuten_ray.images import LoadedImage, load_image_at, load_image_bytes
 from rakuten_ray.layout import (
     BUNDLE_ID_COLUMN,
     CONTENT_HASH_COLUMN,
@@ -38,6 +42,7 @@ from rakuten_ray.layout import (
 )
 from rakuten_ray.models.registry import get_kind
 from rakuten_ray.scoring.rows import normalise_batch
+from rakuten_ray.storage import join
 
 
 def limit_threads(num_threads: int) -> None:
@@ -117,7 +122,7 @@ class ImagePrepStage:
         from rakuten_ray.models.vision import SETTINGS_FILE, read_image_settings
 
         bundle = open_bundle(bundle_dir)
-        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.image_dir = image_dir
         settings = [
             read_image_settings(bundle.verified(f"{e.folder}/{SETTINGS_FILE}").parent)
             for e in bundle.fusion.image_models
@@ -128,7 +133,7 @@ class ImagePrepStage:
     def _load(self, imageid: object, productid: object) -> LoadedImage | None:
         if pd.isna(imageid) or pd.isna(productid) or self.image_dir is None:
             return None
-        return load_image(image_path(self.image_dir, int(imageid), int(productid)))
+        return load_image_at(join(self.image_dir, image_filename(int(imageid), int(productid))))
 
     def _cropped(self, loaded: LoadedImage | None) -> list[np.ndarray | None]:
         usable = loaded is not None and loaded.status == ImageStatus.OK
@@ -138,10 +143,28 @@ class ImagePrepStage:
         loaded = self._load(imageid, productid)
         return loaded, self._cropped(loaded)
 
+    def _carried(self, value: object, column: str) -> tuple[LoadedImage, list]:
+        """A row's image from the input's own column: bytes, or a path or URI (null or
+        empty: ``missing``)."""
+        if column == IMAGE_BYTES_COLUMN:
+            loaded = load_image_bytes(value if isinstance(value, bytes) else None)
+        elif isinstance(value, str) and value:
+            loaded = load_image_at(value)
+        else:
+            loaded = load_image_bytes(None)
+        return loaded, self._cropped(loaded)
+
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        """Reads each row's image from the image folder by its ids, then crops it."""
+        """Reads each row's image from the input's image column (:data:`IMAGE_COLUMNS`) when
+        it has one, else from the image folder by its ids; then crops it. The image column
+        is dropped: nothing downstream reads it."""
         if not self.crops:
             return batch
+        carried = [c for c in IMAGE_COLUMNS if c in batch.columns]
+        if carried:
+            column = carried[0]
+            rows = list(self.workers.map(self._carried, batch[column], [column] * len(batch)))
+            return self._assign(batch.drop(columns=carried), rows)
         rows = list(self.workers.map(self._row, batch["imageid"], batch["productid"]))
         return self._assign(batch, rows)
 

@@ -33,6 +33,7 @@ from rakuten_ray.serving.readiness import (
     readiness,
 )
 from rakuten_ray.serving.requests import Product, RequestError, parse_products, parse_top_k
+from rakuten_ray.storage import is_remote
 
 APP_NAME = "rakuten-ray"
 #: Seconds a ``/predict`` request waits for a replica that is still loading its models.
@@ -115,7 +116,9 @@ def build_app(bundle_dir: str | Path, overrides: tuple[str, ...] = ()) -> serve.
         ray_actor_options={"num_cpus": serving.num_cpus, "num_gpus": serving.num_gpus},
         max_ongoing_requests=4 * serving.max_batch_size,
     )
-    return deployment.bind(str(Path(bundle_dir).resolve()), tuple(overrides))
+    # A URI stays one: each replica's node copies the bundle into its own cache.
+    target = str(bundle_dir) if is_remote(bundle_dir) else str(Path(bundle_dir).resolve())
+    return deployment.bind(target, tuple(overrides))
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
@@ -126,7 +129,7 @@ def app_builder(args: dict[str, str]) -> serve.Application:
 
 
 def run_service(
-    bundle_dir: Path,
+    bundle_dir: str | Path,
     host: str,
     port: int,
     address: str | None,
