@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from rakuten_ray.layout import PREDICTION_DTYPES, ROW_COLUMN
@@ -86,12 +87,19 @@ def test_a_content_digest_follows_texts_ids_and_image_bytes(tmp_path: Path) -> N
             "imageid": ["1", "1", "1", "1"],
         }
     )
-    before = content_hashes(frame, tmp_path)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    before = content_hashes(table, tmp_path, images=True)
     assert before[0] == before[2] and len(set(before)) == 3  # shifting text between fields
-    assert content_hashes(frame, None) != before
+    assert content_hashes(table, None, images=False) != before
     (tmp_path / "image_1_product_2.jpg").write_bytes(b"second")
-    after = content_hashes(frame, tmp_path)
+    after = content_hashes(table, tmp_path, images=True)
     assert after[0] != before[0] and after[3] == before[3]
+    # An input that carries its images: the column's bytes, not the folder's files.
+    carried = table.append_column("image", pa.array([b"x", b"x", b"x", None], pa.binary()))
+    own = content_hashes(carried, tmp_path, images=True)
+    changed = carried.set_column(4, "image", pa.array([b"y", b"x", b"x", None], pa.binary()))
+    assert own[0] != after[0] and content_hashes(changed, tmp_path, images=True)[1:] == own[1:]
+    assert content_hashes(changed, tmp_path, images=True)[0] != own[0]
 
 
 def test_progress_lines_give_rows_rate_and_time_left() -> None:
