@@ -21,18 +21,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+from pyarrow.fs import FileType
 
+from rakuten_ray import storage
 from rakuten_ray.catalog import (
     CATEGORY_NAMES,
     CLASS_CODES,
     MAX_QUOTED_ROWS,
     SchemaError,
     codes_to_indices,
-    image_path,
+    image_filename,
     read_labels,
 )
-from rakuten_ray.images import load_image
+from rakuten_ray.images import load_image_at
 from rakuten_ray.layout import FINAL_PROBS, INDEX_COLUMN, AuditLayout, ImageStatus, ScoringLayout
+from rakuten_ray.storage import Location
 
 #: Probability floor in the dispute score: a current code the model rules out stays finite.
 PROBABILITY_FLOOR = 1e-12
@@ -166,11 +169,13 @@ def _titles(products_csv: Path | None, wanted: set[int]) -> dict[int, str]:
     return found
 
 
-def _thumbnail(row: pd.Series, image_dir: Path | None, out: AuditLayout) -> str | None:
-    """A downscaled copy of the row's image next to the page; its relative path."""
+def _thumbnail(row: pd.Series, image_dir: Location | None, out: AuditLayout) -> str | None:
+    """A downscaled copy of the row's image (read from a local or object-storage folder)
+    next to the page; its relative path."""
     if image_dir is None or row["image_status"] != ImageStatus.OK.value:
         return None
-    loaded = load_image(image_path(image_dir, int(row["imageid"]), int(row["productid"])))
+    filename = image_filename(int(row["imageid"]), int(row["productid"]))
+    loaded = load_image_at(storage.join(image_dir, filename))
     if loaded.image is None:
         return None
     out.thumbnails.mkdir(parents=True, exist_ok=True)
@@ -261,7 +266,7 @@ def run_audit(
     predictions: Path,
     labels_csv: Path,
     out: Path,
-    image_dir: Path | None = None,
+    image_dir: Location | None = None,
     products_csv: Path | None = None,
     page_rows: int = 200,
     overwrite: bool = False,
@@ -288,7 +293,7 @@ def run_audit(
         raise SchemaError(f"{predictions}: no predictions (*.parquet) to audit")
     labels = read_labels(labels_csv)
     check_labels(labels, _predicted_index(folder), labels_csv)
-    if image_dir is not None and not image_dir.is_dir():
+    if image_dir is not None and storage.info(image_dir).type != FileType.Directory:
         raise SchemaError(f"{image_dir}: --images is not a folder")
 
     tally = _Tally()

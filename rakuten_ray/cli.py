@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rakuten_ray import storage
 from rakuten_ray.bundle import BundleError
 from rakuten_ray.catalog import SchemaError
 from rakuten_ray.config import ConfigError, load_config
@@ -19,6 +20,10 @@ from rakuten_ray.revisions import PIN_COMMAND, HubLookupError, pin_revisions, re
 from rakuten_ray.storage import StorageError, join
 
 EXIT_SCHEMA_ERROR = 2
+#: The page a report or an audit opens with: published last.
+REPORT_PAGE = "index.html"
+#: A training run's figures: published last.
+METRICS_FILE = "metrics.json"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -52,7 +57,7 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
+    config = load_config(storage.fetched(args.config, "config"), args.set)
     if not args.allow_unpinned:
         remedy = (
             f"pin them with `{PIN_COMMAND} --config {args.config}`, or pass --allow-unpinned "
@@ -69,16 +74,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     # Schema errors, and a run that cannot be resumed, surface before any folder or
     # cluster work.
-    data = load_training_data(args.data)
+    if args.resume and args.overwrite:
+        raise SchemaError("--resume continues the run in --out; --overwrite replaces it")
+    # An object-storage catalogue is copied to this node first; an object-storage run folder
+    # is built here (kept for --resume) and published when the run is done.
+    catalogue = storage.fetched(args.data, "catalogue folder")
+    out = storage.work_folder(args.out, "runs", args.overwrite, keep=args.resume)
+    data = load_training_data(catalogue)
     if args.resume:
-        if args.overwrite:
-            raise SchemaError("--resume continues the run in --out; --overwrite replaces it")
-        check_resumable(RunLayout(args.out), training_record(config, data))
+        check_resumable(RunLayout(out), training_record(config, data))
     else:
-        _prepare_out_dir(args.out, args.overwrite)
+        _prepare_out_dir(out, args.overwrite)
     ensure_ray(args.address)
-    report = run_training(config, args.data, args.out, resume=args.resume)
+    report = run_training(config, catalogue, out, resume=args.resume)
     print(format_summary(summary_rows(report)))
+    storage.publish(out, args.out, last=(METRICS_FILE,))
     return 0
 
 
@@ -119,28 +129,39 @@ def _cmd_pin_revisions(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rakuten_ray.evaluation import evaluate_predictions
 
-    metrics = evaluate_predictions(args.predictions, args.labels, args.out, args.run)
+    out = storage.work_folder(args.out, "reports", overwrite=True, keep=False)
+    metrics = evaluate_predictions(
+        storage.fetched(args.predictions, "scoring output"),
+        storage.fetched(args.labels, "labels file"), out,
+        None if args.run is None else storage.fetched(args.run, "training run"),
+    )  # fmt: skip
     final = metrics["final"]
     print(
         f"weighted F1 {final['weighted_f1']:.4f}, accuracy {final['accuracy']:.4f}, "
         f"log loss {final['log_loss']:.4f}, ECE {final['ece']:.4f} on {int(final['rows'])} rows"
     )
-    print(f"report: {args.out / 'index.html'}")
+    storage.publish(out, args.out, last=(REPORT_PAGE,))
+    print(f"report: {join(args.out, REPORT_PAGE)}")
     return 0
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from rakuten_ray.audit import run_audit
 
+    out = storage.work_folder(args.out, "audits", args.overwrite, keep=False)
     summary = run_audit(
-        args.predictions, args.labels, args.out, image_dir=args.images, products_csv=args.input,
+        storage.fetched(args.predictions, "scoring output"),
+        storage.fetched(args.labels, "labels file"), out, image_dir=args.images,
+        products_csv=None if args.input is None else storage.fetched(args.input, "X file"),
         page_rows=args.top, overwrite=args.overwrite,
     )  # fmt: skip
+    storage.publish(out, args.out, last=(REPORT_PAGE,))
     print(
         f"audited {summary.rows} products: {summary.agreement_rate:.1%} agree with the model, "
         f"{summary.suspects} suspects, {summary.expected_errors:.0f} expected wrong codes"
     )
-    print(f"suspects: {args.out / 'suspects.parquet'}  page: {args.out / 'index.html'}")
+    suspects, page = join(args.out, "suspects.parquet"), join(args.out, REPORT_PAGE)
+    print(f"suspects: {suspects}  page: {page}")
     return 0
 
 
@@ -182,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_cmd_inspect)
 
     train = commands.add_parser("train", help="run the whole training protocol")
-    train.add_argument("--config", required=True, type=Path, help="YAML run config")
-    train.add_argument("--data", required=True, type=Path, help="labelled catalogue (raw layout)")
-    train.add_argument("--out", required=True, type=Path, help="run folder (bundle goes inside)")
+    train.add_argument("--config", required=True, help="YAML run config")
+    train.add_argument("--data", required=True, help="labelled catalogue (raw layout)")
+    train.add_argument("--out", required=True, help="run folder (bundle goes inside)")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override one config key, e.g. text_models.minilm.train.epochs=1",
@@ -242,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     pin.set_defaults(handler=_cmd_pin_revisions)
 
     evaluate = commands.add_parser("evaluate", help="metrics and a report for predictions")
-    evaluate.add_argument("--predictions", required=True, type=Path, help="scoring output")
-    evaluate.add_argument("--labels", required=True, type=Path, help="Y file with prdtypecode")
-    evaluate.add_argument("--out", required=True, type=Path, help="report folder")
-    evaluate.add_argument("--run", type=Path, help="training run, for calibration diagrams")
+    evaluate.add_argument("--predictions", required=True, help="scoring output")
+    evaluate.add_argument("--labels", required=True, help="Y file with prdtypecode")
+    evaluate.add_argument("--out", required=True, help="report folder")
+    evaluate.add_argument("--run", help="training run, for calibration diagrams")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     serve = commands.add_parser("serve", help="answer one product at a time over HTTP")
@@ -267,11 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser(
         "audit", help="find products whose current category the model disputes"
     )
-    audit.add_argument("--predictions", required=True, type=Path, help="scoring output")
-    audit.add_argument("--labels", required=True, type=Path, help="Y file of current codes")
-    audit.add_argument("--out", required=True, type=Path, help="audit folder")
-    audit.add_argument("--images", type=Path, help="image folder, for the page's thumbnails")
-    audit.add_argument("--input", type=Path, help="X file, for the page's product titles")
+    audit.add_argument("--predictions", required=True, help="scoring output")
+    audit.add_argument("--labels", required=True, help="Y file of current codes")
+    audit.add_argument("--out", required=True, help="audit folder")
+    audit.add_argument("--images", help="image folder, for the page's thumbnails")
+    audit.add_argument("--input", help="X file, for the page's product titles")
     audit.add_argument("--top", type=int, default=200, help="suspects shown on the page")
     audit.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     audit.set_defaults(handler=_cmd_audit)

@@ -258,3 +258,72 @@ def cache_dir(kind: str) -> Path:
     folder = Path(root) / kind
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _key(location: Location) -> str:
+    """A cache folder name for ``location``."""
+    return hashlib.sha256(str(location).encode()).hexdigest()[:16]
+
+
+def fetched(location: Location, what: str) -> Path:
+    """``location`` as a local path: the path itself, or for a URI a copy made now in this
+    node's cache (the file, or the folder with everything under it).
+
+    Raises:
+        StorageError: nothing is there (named as ``what``), or the store refuses.
+    """
+    if not is_remote(location):
+        return Path(location)
+    found = check_reachable(location, must_exist=True, what=what)
+    target = cache_dir("inputs") / _key(location) / name(location)
+    shutil.rmtree(target.parent, ignore_errors=True)
+    if found.type == pafs.FileType.File:
+        download(location, target)
+        return target
+    filesystem, path = resolve(location)
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        raise _explain(location, exc) from exc
+    target.mkdir(parents=True)
+    for entry in entries:
+        if entry.type == pafs.FileType.File:
+            relative = PurePosixPath(entry.path).relative_to(path).parts
+            download(join(location, *relative), target.joinpath(*relative))
+    return target
+
+
+def work_folder(out: Location, kind: str, overwrite: bool, keep: bool) -> Path:
+    """Where a command writes before publishing to ``out``: ``out`` itself when local, else
+    a folder of this node's cache for it (kept with ``keep``, to resume). Refuses a remote
+    ``out`` in a missing bucket, or a non-empty one unless ``overwrite`` or ``keep``, before
+    any work (an object store has no empty folders: a prefix is there only while it holds
+    objects)."""
+    if not is_remote(out):
+        return Path(out)
+    check_bucket(out)
+    found = check_reachable(out, must_exist=False, what="output folder")
+    if found.type != pafs.FileType.NotFound and not (overwrite or keep):
+        raise StorageError(
+            f"{out}: output folder is not empty (use --overwrite to replace it, or --resume "
+            "to finish an interrupted run)"
+        )
+    folder = cache_dir(kind) / _key(out)
+    if not keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def publish(local: Path, out: Location, last: tuple[str, ...] = ()) -> None:
+    """Copy the folder ``local`` to a remote ``out`` (nothing to do for a local one), the
+    files named in ``last`` after the rest, so that a reader waiting for them never sees a
+    partial output; then drop the local copy."""
+    if not is_remote(out) or Path(out) == local:
+        return
+    delete_contents(out)
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    ordered = [p for p in files if p.name not in last] + [p for p in files if p.name in last]
+    for path in ordered:
+        upload(path, join(out, *path.relative_to(local).parts))
+    shutil.rmtree(local)
+

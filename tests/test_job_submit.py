@@ -106,8 +106,9 @@ def _end_processes(markers: list[str], grace_s: float = 10.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    """A 2-CPU head on ports of its own; its processes are ended afterwards."""
+def local_cluster(object_store: ObjectStore) -> Iterator[LocalCluster]:
+    """A 2-CPU head on ports of its own, started where the session's object store's ``AWS_*``
+    variables are set (its jobs inherit them); its processes are ended afterwards."""
     # A short path: Ray puts Unix sockets under it and socket paths are limited to 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="rrjob", dir="/tmp"))
     (gcs, dashboard, agent_http, agent_grpc, client, node_manager, object_manager, metrics,
@@ -162,41 +163,47 @@ def job_log(submitted: subprocess.CompletedProcess) -> str:
 
 @dataclass(frozen=True)
 class JobRun:
-    """A training run made by ``jobs/train.py``, and what its submission printed."""
+    """A training run made by ``jobs/train.py`` in object storage, and what its submission
+    printed."""
 
-    out: Path
+    out: str
     submission_id: str
     log: str
 
 
 @pytest.fixture(scope="module")
 def job_run(
-    local_cluster: LocalCluster, tiny_catalogue: Path, tmp_path_factory: pytest.TempPathFactory
-) -> JobRun:
-    """A TF-IDF-only training run submitted as a job (the lightest run that seals a bundle)."""
+    local_cluster: LocalCluster, tiny_catalogue: Path, object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> JobRun:  # fmt: skip
+    """A TF-IDF-only training run (the lightest run that seals a bundle) submitted as a job
+    that reads its config and catalogue from object storage and publishes its run there."""
     from rakuten_ray.config import config_from_dict, load_config
 
-    root = tmp_path_factory.mktemp("train_job")
+    root, bucket = tmp_path_factory.mktemp("train_job"), object_store.bucket("training")
     data = load_config(REPO_ROOT / "configs/demo.yaml").to_dict()
     data["text_models"] = [m for m in data["text_models"] if m["kind"] == "tfidf_svm"]
     data["text_models"][0]["scaling"]["cpus_per_worker"] = 1
     data["image_models"] = []
     data["fusion"]["cv_folds"] = 3
-    config, out = root / "config.yaml", root / "run"
-    config_from_dict(data).save(config)
-    entrypoint = [sys.executable, "jobs/train.py", "--config", str(config),
-                  "--data", str(tiny_catalogue), "--out", str(out)]  # fmt: skip
+    config_from_dict(data).save(root / "config.yaml")
+    config = object_store.upload(root / "config.yaml", f"{bucket}/config.yaml")
+    catalogue, out = object_store.upload(tiny_catalogue, f"{bucket}/catalogue"), f"{bucket}/run"
+    entrypoint = [sys.executable, "jobs/train.py", "--config", config,
+                  "--data", catalogue, "--out", out]  # fmt: skip
     submission_id = f"train-{int(time.time())}"
     try:
         submitted = submit(local_cluster, submission_id, entrypoint)
     finally:
-        _end_processes([str(out)])
+        _end_processes([out])
     assert submitted.returncode == 0, job_log(submitted)
     return JobRun(out, submission_id, job_log(submitted))
 
 
 @pytest.mark.slow
-def test_train_job_seals_a_verified_bundle(job_run: JobRun, local_cluster: LocalCluster) -> None:
+def test_train_job_seals_a_verified_bundle(
+    job_run: JobRun, local_cluster: LocalCluster, object_store: ObjectStore, tmp_path: Path
+) -> None:
     from ray.job_submission import JobStatus
 
     from rakuten_ray.bundle import load_bundle
@@ -204,9 +211,11 @@ def test_train_job_seals_a_verified_bundle(job_run: JobRun, local_cluster: Local
     client = job_client(local_cluster)
     assert client.get_job_status(job_run.submission_id) == JobStatus.SUCCEEDED, job_run.log
     assert "bundle sealed in" in client.get_job_logs(job_run.submission_id)
-    bundle = load_bundle(job_run.out / "bundle")  # every file checked against its manifest
+    # Every file checked against its manifest, in this node's copy of the published bundle.
+    bundle = load_bundle(f"{job_run.out}/bundle")
     assert [spec.name for spec in bundle.config.models()] == ["tfidf_svm"]
-    metrics = json.loads((job_run.out / "metrics.json").read_text())
+    run = object_store.download(job_run.out, tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
     assert list(metrics["base_models"]) == ["tfidf_svm"]
 
 
@@ -290,7 +299,8 @@ def serve_until_ready(cluster: LocalCluster, submission_id: str, port: int) -> A
 def test_serve_job_answers_as_batch_scoring_until_stopped(
     job_run: JobRun, local_cluster: LocalCluster, tiny_catalogue: Path, tmp_path: Path
 ) -> None:
-    """The job deploys the bundle the train job sealed; its answers are batch scoring's;
+    """The job deploys the bundle the train job published to object storage; its answers are
+    batch scoring's;
     ``ray job stop`` ends the job and the service with it."""
     from ray.job_submission import JobStatus
 
@@ -298,8 +308,8 @@ def test_serve_job_answers_as_batch_scoring_until_stopped(
     from rakuten_ray.scoring.run import run_scoring
     from rakuten_ray.serving.client import free_port, product
 
-    bundle, port = job_run.out / "bundle", free_port()
-    entrypoint = [sys.executable, "jobs/serve.py", "--bundle", str(bundle), "--port", str(port),
+    bundle, port = f"{job_run.out}/bundle", free_port()
+    entrypoint = [sys.executable, "jobs/serve.py", "--bundle", bundle, "--port", str(port),
                   "--drain-seconds", "0", "--set", "serving.num_cpus=1"]  # fmt: skip
     submission_id = f"serve-{int(time.time())}"
     try:
@@ -321,7 +331,7 @@ def test_serve_job_answers_as_batch_scoring_until_stopped(
         with pytest.raises(OSError):  # the service went with the job
             client.get("/healthz")
     finally:
-        _end_processes([str(bundle)])
+        _end_processes([bundle])
 
     out = tmp_path / "batch"
     run_scoring(bundle, tiny_catalogue / X_TEST_FILE, tiny_catalogue / "images/image_test", out,

@@ -5,6 +5,7 @@ refused before any work, naming the URI."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from helpers import assert_same_predictions, read_predictions
 from object_store import ObjectStore
 
 from rakuten_ray.cli import EXIT_SCHEMA_ERROR, main
+from rakuten_ray.synthetic import Y_TEST_FILE
 
 #: Rows scored in each run: enough for every image status, few enough to be quick.
 ROWS = 24
@@ -167,3 +169,39 @@ def test_unusable_locations_refused_before_any_work(
         env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
         error = refused(store["bundle"], store["input"], store["images"], str(out))
         assert f"{store['input']}: storage endpoint unreachable" in error
+
+
+@pytest.mark.slow
+def test_rescoring_evaluation_and_audit_read_and_write_object_storage(
+    catalogue_in_store: dict[str, str], scored_locally: Path, object_store: ObjectStore,
+    tiny_catalogue: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A daily rescoring names yesterday's output in the store with ``--previous`` and carries
+    every unchanged row over (the same bytes as a full rescore); ``evaluate`` and ``audit``
+    read that output, the labels and the images from the store and publish their pages."""
+    store = catalogue_in_store
+    yesterday, today = "s3://catalogue/daily/1", "s3://catalogue/daily/2"
+    assert _score(store["bundle"], store["input"], store["images"], yesterday, "local") == 0
+    argv = ["score", "--bundle", store["bundle"], "--input", store["input"], "--images",
+            store["images"], "--out", today, "--engine", "local",
+            "--previous", yesterday]  # fmt: skip
+    assert main(argv) == 0
+    rescored = object_store.download(today, tmp_path / "today")
+    summary = json.loads((rescored / "summary.json").read_text())
+    assert (summary["rows_carried_over"], summary["rows_scored_now"]) == (ROWS, 0)
+    assert_same_predictions(scored_locally, rescored)
+
+    index = pd.read_csv(store["local_input"], index_col=0).index
+    labels = pd.read_csv(tiny_catalogue / Y_TEST_FILE, index_col=0).loc[index]
+    labels.to_csv(tmp_path / "labels.csv")
+    remote_labels = object_store.upload(tmp_path / "labels.csv", "s3://catalogue/labels.csv")
+    report, audit = "s3://catalogue/report", "s3://catalogue/audit"
+    argv = ["evaluate", "--predictions", today, "--labels", remote_labels, "--out", report]
+    assert main(argv) == 0
+    assert "index.html" in object_store.keys(report)
+    argv = ["audit", "--predictions", today, "--labels", remote_labels, "--out", audit,
+            "--images", store["images"], "--input", store["input"]]  # fmt: skip
+    assert main(argv) == 0
+    keys = object_store.keys(audit)
+    assert {"index.html", "suspects.parquet"} <= set(keys)
+    assert any(key.startswith("thumbs/") for key in keys)  # images read from the store

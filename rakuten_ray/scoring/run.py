@@ -17,7 +17,6 @@ written from partitions on disk (:mod:`rakuten_ray.scoring.submission`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pyarrow.fs import FileType
 
 from rakuten_ray import storage
 from rakuten_ray.bundle import Bundle, load_bundle
@@ -312,55 +310,14 @@ def finish(
     return counts, changed
 
 
-def _work_folder(out: str, overwrite: bool, resume: bool) -> Path:
-    """The local folder where a run for an object-storage ``out`` works before publishing:
-    one per ``out`` in this node's cache, kept for ``resume``. Refuses a non-empty ``out``
-    unless ``overwrite`` or ``resume``, before any work."""
-    storage.check_bucket(out)
-    found = storage.check_reachable(out, must_exist=False, what="output folder")
-    # An object store has no empty folders: a prefix is "there" only while it holds objects.
-    if found.type != FileType.NotFound and not (overwrite or resume):
-        raise SchemaError(
-            f"{out}: output folder is not empty (use --overwrite to replace it, or --resume "
-            "to finish an interrupted run)"
-        )
-    folder = storage.cache_dir("runs") / hashlib.sha256(out.encode()).hexdigest()[:16]
-    if not resume:
-        shutil.rmtree(folder, ignore_errors=True)
-    return folder
-
-
 def _local_previous(previous: Location, out: Location) -> Path:
-    """A ``--previous`` output as a local folder: an object-storage one is copied (its run
-    record and prediction files, which is all that carrying over reads) into this node's
-    cache first."""
+    """A ``--previous`` output as a local folder: an object-storage one is copied into this
+    node's cache first."""
     if not storage.is_remote(previous):
         return Path(previous)
     if str(previous).rstrip("/") == str(out).rstrip("/"):
         raise SchemaError(f"{previous}: --previous must be another folder than --out")
-    key = hashlib.sha256(str(previous).encode()).hexdigest()[:16]
-    local = ScoringLayout(storage.cache_dir("previous") / key)
-    shutil.rmtree(local.root, ignore_errors=True)
-    remote = ScoringLayout(Path("."))  # names only: the same layout under the URI
-    record = storage.join(previous, remote.record.name)
-    if storage.is_file(record):
-        storage.download(record, local.record)
-    folder = storage.join(previous, remote.predictions.name)
-    found = storage.check_reachable(folder, must_exist=False, what="--previous predictions")
-    if found.type == FileType.Directory:
-        for file in storage.list_files(folder):
-            storage.download(file, local.predictions / storage.name(file))
-    return local.root
-
-
-def publish(layout: ScoringLayout, out: str) -> None:
-    """Copy a finished run's folder to ``out``, ``summary.json`` last: a crashed upload
-    leaves no summary, so nothing reads as complete; then drop the local copy."""
-    storage.delete_contents(out)
-    files = sorted(p for p in layout.root.rglob("*") if p.is_file() and p != layout.summary)
-    for path in [*files, layout.summary]:
-        storage.upload(path, storage.join(out, *path.relative_to(layout.root).parts))
-    shutil.rmtree(layout.root)
+    return storage.fetched(previous, "--previous output")
 
 
 def run_scoring(
@@ -406,10 +363,9 @@ def run_scoring(
         UnpinnedModelsError: see ``refuse_unpinned``, before any model loads.
     """
     clock = PhaseClock(log, label="phase ")
-    remote = storage.is_remote(out)
     with clock.phase("check inputs"):
-        local = _work_folder(str(out), overwrite, resume) if remote else Path(out)
-        layout = ScoringLayout(local)
+        # A run for an object-storage --out works in a local folder, kept for --resume.
+        layout = ScoringLayout(storage.work_folder(out, "runs", overwrite, keep=resume))
         before = None if previous is None else _local_previous(previous, out)
         inputs = check_inputs(
             bundle_dir, source, image_dir, overrides, refuse_unpinned, before, layout.root
@@ -443,6 +399,6 @@ def run_scoring(
     layout.summary.write_text(
         json.dumps({**asdict(summary), "rows_per_second": summary.rows_per_second}, indent=1)
     )
-    if remote:
-        publish(layout, str(out))
+    # summary.json last: a crashed upload leaves no summary, so nothing reads as complete.
+    storage.publish(layout.root, out, last=(layout.summary.name,))
     return summary
