@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from rakuten_ray.training.loop import HISTORY_FILE, MONITOR, TRAIN_STATE_FILE, t
 CHECKPOINTS_KEPT = 2
 #: Share of all rows held back to early-stop a deep model retrained on everything.
 TECHNICAL_VAL_FRACTION = 0.05
+#: Ray Train's setting for how long its controller waits for the workers' placement group
+#: before it logs an error and asks again, and the seconds given to it here unless set: a
+#: run waits as long in any case (the controller retries without limit), so one waiting for
+#: another model's CPUs, or for a node an autoscaler adds, waits without an error a minute.
+WORKER_GROUP_WAIT_ENV, WORKER_GROUP_WAIT_S = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 86_400
 
 
 def scaling_config(scaling: Scaling) -> Any:
@@ -44,6 +50,9 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    # Read from the driver's environment when the trainer is made, then passed on to the
+    # run's controller wherever it runs.
+    os.environ.setdefault(WORKER_GROUP_WAIT_ENV, str(WORKER_GROUP_WAIT_S))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
