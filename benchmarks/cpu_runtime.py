@@ -5,7 +5,8 @@ images) and the same bundle:
 
 1. each model stage alone in this process, on PyTorch and on the exports (``runtime``
    ``torch`` and ``auto``), with the threads its ``scoring`` entry gives;
-2. the in-process engine on PyTorch, then on the exports;
+2. the in-process engine on PyTorch, then on the exports, then on the exports with its
+   stages one after another (``scoring.overlap_stages: false``);
 3. the Ray Data engine on the exports.
 
 With ``--baseline CHECKOUT --baseline-bundle B``, the in-process engine of an earlier
@@ -56,6 +57,8 @@ from rakuten_ray.scoring.stages import ImagePrepStage, ImageStage, TextStage
 #: The overrides that put both model stages on PyTorch.
 ON_TORCH = ("scoring.text.runtime=torch", "scoring.image.runtime=torch")
 RUNTIMES = {"torch": ON_TORCH, "onnx": ()}
+#: The in-process engine's stages one after another, as before they overlapped.
+SEQUENTIAL = ("scoring.overlap_stages=false",)
 SPEEDUP_TARGET = 2.0
 RAY_VS_LOCAL_TARGET = 0.95
 
@@ -146,6 +149,11 @@ def main() -> None:
         out = args.workdir / f"out-local-{runtime}"
         runs[f"local_{runtime}"] = scored_run(bundle, source, dataset.image_dir, out, "local",
                                               overrides)  # fmt: skip
+    print("[bench] in-process engine, onnx, stages one after another")
+    runs["local_onnx_sequential"] = scored_run(
+        bundle, source, dataset.image_dir, args.workdir / "out-local-onnx-sequential", "local",
+        SEQUENTIAL,
+    )  # fmt: skip
     if args.baseline:
         print(f"[bench] in-process engine of {args.baseline}")
         payload["baseline"] = baseline_run(
@@ -160,10 +168,16 @@ def main() -> None:
     payload["machine_after"] = machine()
     payload["engines"] = runs
     outs = {name: predictions(args.workdir / f"out-{name.replace('_', '-')}") for name in runs}
-    payload["agreement"] = {"ray_onnx_vs_local_onnx": compare(outs["local_onnx"], outs["ray_onnx"])}
+    payload["agreement"] = {
+        "ray_onnx_vs_local_onnx": compare(outs["local_onnx"], outs["ray_onnx"]),
+        "local_onnx_vs_sequential": compare(outs["local_onnx"], outs["local_onnx_sequential"]),
+    }
     ratios = payload["ratios"] = {
         "ray_vs_local_onnx": round(
             runs["ray_onnx"]["rows_per_s"] / runs["local_onnx"]["rows_per_s"], 3
+        ),
+        "overlapping_vs_sequential_local": round(
+            runs["local_onnx"]["rows_per_s"] / runs["local_onnx_sequential"]["rows_per_s"], 3
         ),
     }
     if "local_torch" in runs:
@@ -190,6 +204,8 @@ def main() -> None:
     if "onnx_vs_torch_local" in ratios:
         print(f"  in-process, exports / PyTorch: {ratios['onnx_vs_torch_local']:.3f} "
               f"(target >= {SPEEDUP_TARGET})")  # fmt: skip
+    print(f"  in-process, stages side by side / one after another: "
+          f"{ratios['overlapping_vs_sequential_local']:.3f}")  # fmt: skip
     print(f"  Ray / in-process, exports: {ratios['ray_vs_local_onnx']:.3f} "
           f"(target >= {RAY_VS_LOCAL_TARGET})")  # fmt: skip
     if "onnx_vs_baseline_local" in ratios:

@@ -123,6 +123,10 @@ class ScoringParams(Section):
         default_factory=lambda: StagePool(num_cpus=0.5, batch_size=1024, micro_batch_size=256)
     )
     rows_per_output_file: int = Field(100_000, ge=1)
+    #: The in-process engine runs its stages side by side, each on a thread of its own, when
+    #: the text and image stages run the same number of torch threads; false runs them one
+    #: after another. The output is the same either way.
+    overlap_stages: bool = True
     #: Share of rows that may find no image before a run is refused as probably pointed at
     #: the wrong image folder (``--allow-missing-images`` scores them anyway).
     max_missing_image_share: Real = Field(0.5, ge=0, le=1)

@@ -285,6 +285,23 @@ def test_final_pipeline_matches_scoring_run(
 
 
 @pytest.mark.slow
+def test_stages_side_by_side_score_as_one_after_another(
+    pipeline: FinalPipeline, case: ScoringCase, tiny_catalogue: Path, tiny_run: Path
+) -> None:
+    """The in-process engine's stages on threads of their own give the bytes they give one
+    after another (``scoring.overlap_stages: false``)."""
+    from rakuten_ray.bundle import open_bundle
+
+    products = read_products(tiny_catalogue / X_TEST_FILE).head(100)
+    settings = open_bundle(tiny_run / "bundle").scoring(("scoring.overlap_stages=false",))
+    sequential = FinalPipeline(tiny_run / "bundle", batch_size=32, scoring=settings)
+    assert pipeline.overlapping and not sequential.overlapping
+    pd.testing.assert_frame_equal(
+        pipeline.predict(products, case.image_dir), sequential.predict(products, case.image_dir)
+    )
+
+
+@pytest.mark.slow
 def test_final_pipeline_on_empty_input(
     pipeline: FinalPipeline, case: ScoringCase, tiny_catalogue: Path, local_out: Path
 ) -> None:

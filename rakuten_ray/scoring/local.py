@@ -29,9 +29,9 @@ class FinalPipeline:
             engines give identical bytes (raise ``scoring.*.num_cpus`` for more threads).
 
     The stages overlap, each on a thread of its own (:func:`~rakuten_ray.scoring.pipelining.
-    pipelined`), when the text and image stages run the same number of torch threads: torch's
-    thread count is one setting for the whole process, so stages that want different counts
-    run one after the other instead.
+    pipelined`), unless ``scoring.overlap_stages`` is false or the text and image stages run
+    different numbers of torch threads: torch's thread count is one setting for the whole
+    process, so such stages run one after the other instead.
     """
 
     def __init__(
@@ -45,7 +45,9 @@ class FinalPipeline:
         self.image = ImageStage(self.bundle_dir, self.scoring.image)
         self.fusion = FusionStage(self.bundle_dir, self.scoring.fusion)
         self._prep: dict[str, ImagePrepStage] = {}
-        self.overlapping = self.text.num_threads == self.image.num_threads
+        self.overlapping = (
+            self.scoring.overlap_stages and self.text.num_threads == self.image.num_threads
+        )
 
     def _prep_stage(self, image_dir: str | None) -> ImagePrepStage:
         if image_dir not in self._prep:
