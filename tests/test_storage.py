@@ -61,10 +61,11 @@ def scored_locally(
 @pytest.mark.slow
 def test_both_engines_score_from_and_to_object_storage(
     catalogue_in_store: dict[str, str], scored_locally: Path, object_store: ObjectStore,
-    ray_local, tmp_path: Path,
+    ray_local, tiny_run: Path, tmp_path: Path,
 ) -> None:  # fmt: skip
     """Every input from the store, the output published there: the same bytes as the same
-    rows scored from local files, and the bundle copied once into the node's cache."""
+    rows scored from local files, and the bundle copied once into the node's cache (which
+    other tests' bundles may share)."""
     store = catalogue_in_store
     for engine in ("local", "ray"):
         out = f"s3://catalogue/scores/{engine}"
@@ -73,9 +74,14 @@ def test_both_engines_score_from_and_to_object_storage(
         assert {"submission.csv", "summary.json", "run.json"} <= set(keys)
         assert not any(key.startswith("staging") for key in keys)
         assert_same_predictions(scored_locally, object_store.download(out, tmp_path / engine))
+    from rakuten_ray.layout import BundleLayout
     from rakuten_ray.storage import cache_dir
 
-    copies = [p for p in cache_dir("bundles").iterdir() if not p.name.startswith(".")]
+    manifest = (tiny_run / "bundle" / BundleLayout.MANIFEST).read_bytes()
+    copies = [
+        p for p in cache_dir("bundles").iterdir()
+        if not p.name.startswith(".") and (p / BundleLayout.MANIFEST).read_bytes() == manifest
+    ]  # fmt: skip
     assert len(copies) == 1
 
 
