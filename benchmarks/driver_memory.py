@@ -88,7 +88,9 @@ def child(source: Path, out: Path) -> None:
 def measure(rows: int, workdir: Path) -> dict:
     source = synthetic_input(rows, workdir / f"input-{rows}")
     command = [sys.executable, __file__, "--child", str(source), str(workdir / f"out-{rows}")]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"{rows:,} rows: the run failed:\n{done.stderr[-4000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
