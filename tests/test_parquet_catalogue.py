@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import labelled_parquet_table
 from object_store import ObjectStore
 
 from rakuten_ray.catalog import LABEL_COLUMN, X_COLUMNS, image_filename
@@ -46,14 +47,14 @@ def reference(raw_layout: Path) -> TrainingData:
     return load_training_data(raw_layout)
 
 
+@pytest.fixture(scope="module")
+def good_table(raw_layout: Path) -> pd.DataFrame:
+    """The catalogue as one Parquet table, each row's image as bytes."""
+    return labelled_parquet_table(raw_layout)
+
+
 def _names(rows: pd.DataFrame) -> list[str]:
     return [image_filename(i, p) for i, p in zip(rows["imageid"], rows["productid"], strict=True)]
-
-
-def _table(data: TrainingData, **images: list) -> pd.DataFrame:
-    """The labelled rows as a Parquet catalogue holds them (``index`` column, no paths)."""
-    rows = data.labelled[[*X_COLUMNS, LABEL_COLUMN]].assign(**images)
-    return rows.rename_axis("index").reset_index()
 
 
 def _image_bytes(paths: pd.Series) -> list[bytes | None]:
@@ -71,14 +72,14 @@ def assert_same_training_data(got: TrainingData, expected: TrainingData) -> None
 
 
 def test_parquet_catalogues_load_as_the_raw_layout(
-    raw_layout: Path, reference: TrainingData, tmp_path: Path
+    raw_layout: Path, reference: TrainingData, good_table: pd.DataFrame, tmp_path: Path
 ) -> None:
     """Images as bytes (a folder of two files; no bytes where the folder has no file, the
     unreadable file's bytes as they are) and as local paths: the same training data as the
     folder's, the bytes written once into this node's cache."""
     images = _image_bytes(reference.labelled["image_path"])
     assert images.count(None) == 1  # the generator's missing image
-    table = _table(reference, image=images)
+    table = good_table
     folder = tmp_path / "bytes"
     folder.mkdir()
     table.iloc[:15].to_parquet(folder / "part-0.parquet")
@@ -94,7 +95,7 @@ def test_parquet_catalogues_load_as_the_raw_layout(
 
     # A row whose folder has no file gets a null: it trains the text models only.
     paths = [p if Path(p).is_file() else None for p in reference.labelled["image_path"]]
-    _table(reference, image_uri=paths).to_parquet(tmp_path / "uris.parquet")
+    labelled_parquet_table(raw_layout, image_uri=paths).to_parquet(tmp_path / "uris.parquet")
     from_uris = load_training_data(tmp_path / "uris.parquet")
     assert_same_training_data(from_uris, reference)
     used_in_place = from_uris.labelled["image_path"] == reference.labelled["image_path"]
@@ -109,8 +110,8 @@ def test_parquet_catalogue_in_object_storage(
     local folder."""
     bucket = object_store.bucket("training-parquet")
     images = object_store.upload(raw_layout / "images" / "image_train", f"{bucket}/images")
-    table = _table(reference, image_uri=[f"{images}/{n}" for n in _names(reference.labelled)])
-    table.to_parquet(tmp_path / "catalogue.parquet")
+    uris = [f"{images}/{name}" for name in _names(reference.labelled)]
+    labelled_parquet_table(raw_layout, image_uri=uris).to_parquet(tmp_path / "catalogue.parquet")
     source = object_store.upload(tmp_path / "catalogue.parquet", f"{bucket}/catalogue.parquet")
     assert_same_training_data(load_training_data(source), reference)
     folder = object_store.upload(raw_layout, f"{bucket}/raw")
@@ -195,10 +196,10 @@ REFUSED: list[tuple[str, Spoiler, str]] = [
     ("spoil", "message"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED]
 )
 def test_bad_parquet_catalogue_refused_before_any_work(
-    reference: TrainingData, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    good_table: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     spoil: Spoiler, message: str,
 ) -> None:  # fmt: skip
-    data = spoil(_table(reference), tmp_path / "data")
+    data = spoil(good_table.copy(), tmp_path / "data")
     out = tmp_path / "out"
     before = set(cache_dir(CACHE_KIND).iterdir())
     status = main([
