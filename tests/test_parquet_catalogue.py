@@ -183,6 +183,7 @@ REFUSED: list[tuple[str, Spoiler, str]] = [
         "share imageid and productid (image_1_product_2.jpg) but carry different images",
     ),
     ("a file that is not Parquet", _not_parquet, "not a readable Parquet file"),
+    ("no row", _one_file(lambda t: t.iloc[:0]), "no labelled rows"),
     (
         "a folder of neither layout",
         _no_catalogue,
