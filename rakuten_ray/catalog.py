@@ -103,11 +103,22 @@ def _to_int64(raw: pd.Series) -> pd.Series:
     return raw.str.split(".", n=1).str[0].astype(np.int64)
 
 
-def _parse_index(path: Path, index: pd.Series) -> np.ndarray:
+def parse_index(source: str | Path, index: pd.Series) -> np.ndarray:
+    """A table's row index as int64, checked: integers only, no value twice.
+
+    Raises:
+        SchemaError: naming ``source`` and the offending rows.
+    """
+    path = Path(str(source))
     raw, bad = _integer_text(index, _INDEX_PATTERN)
     if bad.any():
         raise SchemaError(_offending(path, "index", bad, index, "is not an integer"))
-    return _to_int64(raw).to_numpy()
+    values = _to_int64(raw).to_numpy()
+    duplicated = pd.Series(pd.Index(values).duplicated(keep=False), index=index.index)
+    if duplicated.any():
+        shown = pd.Series(values, index=index.index)
+        raise SchemaError(_offending(path, "index", duplicated, shown, "has duplicate values"))
+    return values
 
 
 def _read_indexed_csv(path: Path) -> pd.DataFrame:
@@ -126,18 +137,7 @@ def _read_indexed_csv(path: Path) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise SchemaError(f"{path}: not a readable CSV file ({exc})") from exc
-    frame.index = _parse_index(path, pd.Series(frame.index, index=frame.index))
-    if frame.index.has_duplicates:
-        dup = pd.Series(frame.index.duplicated(keep=False), index=frame.index)
-        raise SchemaError(
-            _offending(
-                path,
-                "index",
-                dup,
-                pd.Series(frame.index, index=frame.index),
-                "has duplicate values",
-            )
-        )
+    frame.index = parse_index(path, pd.Series(frame.index, index=frame.index))
     frame.index.name = None
     return frame
 
@@ -199,7 +199,19 @@ def read_labels(path: str | Path) -> pd.Series:
         ``int64`` series named ``prdtypecode`` indexed by the file's row index.
     """
     path = Path(path)
-    frame = _read_indexed_csv(path)
+    return validate_labels(_read_indexed_csv(path), path)
+
+
+def validate_labels(frame: pd.DataFrame, source: str | Path = "<input>") -> pd.Series:
+    """Check a table's ``prdtypecode`` column: every label one of the 27 codes.
+
+    Returns:
+        ``int64`` series named ``prdtypecode`` with the table's index.
+
+    Raises:
+        SchemaError: the column is missing, or a label is not one of the codes.
+    """
+    path = Path(str(source))
     _require_columns(path, frame, (LABEL_COLUMN,))
     codes = _parse_int_column(path, frame, LABEL_COLUMN)
     unknown = ~codes.isin(CLASS_CODES)

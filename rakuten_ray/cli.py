@@ -76,17 +76,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # cluster work.
     if args.resume and args.overwrite:
         raise SchemaError("--resume continues the run in --out; --overwrite replaces it")
-    # An object-storage catalogue is copied to this node first; an object-storage run folder
-    # is built here (kept for --resume) and published when the run is done.
-    catalogue = storage.fetched(args.data, "catalogue folder")
+    # An object-storage run folder is built here (kept for --resume) and published when the
+    # run is done. The data is checked whole first, then an object-storage raw layout is
+    # copied to this node, or a Parquet catalogue's images written to its cache.
     out = storage.work_folder(args.out, "runs", args.overwrite, keep=args.resume)
-    data = load_training_data(catalogue)
+    data = load_training_data(args.data)
     if args.resume:
         check_resumable(RunLayout(out), training_record(config, data))
     else:
         _prepare_out_dir(out, args.overwrite)
     ensure_ray(args.address)
-    report = run_training(config, catalogue, out, resume=args.resume)
+    report = run_training(config, data, out, resume=args.resume)
     print(format_summary(summary_rows(report)))
     storage.publish(out, args.out, last=(METRICS_FILE,))
     return 0
@@ -204,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="run the whole training protocol")
     train.add_argument("--config", required=True, help="YAML run config")
-    train.add_argument("--data", required=True, help="labelled catalogue (raw layout)")
+    train.add_argument(
+        "--data", required=True,
+        help="labelled catalogue: a raw-layout folder, or a .parquet file or folder of them "
+        "(path or URI)",
+    )  # fmt: skip
     train.add_argument("--out", required=True, help="run folder (bundle goes inside)")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",

@@ -44,6 +44,21 @@ def sample_dir() -> Path | None:
     return candidate if (candidate / "X_train_update.csv").is_file() else None
 
 
+def labelled_parquet_table(raw_layout: Path, **images: list) -> pd.DataFrame:
+    """A raw layout's labelled rows as a Parquet catalogue holds them (an ``index`` column,
+    the X columns, ``prdtypecode``), with image columns ``images``; by default ``image``,
+    each row's file's bytes (null where the folder has none)."""
+    from rakuten_ray.catalog import LABEL_COLUMN, X_COLUMNS
+    from rakuten_ray.training.data import load_training_data
+
+    rows = load_training_data(raw_layout).labelled
+    if not images:
+        paths = [Path(p) for p in rows["image_path"]]
+        images = {"image": [p.read_bytes() if p.is_file() else None for p in paths]}
+    table = rows[[*X_COLUMNS, LABEL_COLUMN]].assign(**images)
+    return table.rename_axis("index").reset_index()
+
+
 def read_predictions(out: Path) -> pd.DataFrame:
     """A scoring run's predictions, in input order."""
     from rakuten_ray.layout import ScoringLayout

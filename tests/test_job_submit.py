@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import REPO_ROOT, read_predictions
+from helpers import REPO_ROOT, labelled_parquet_table, read_predictions
 from object_store import ObjectStore
 
 RAY = Path(sys.executable).parent / "ray"
@@ -177,7 +177,8 @@ def job_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> JobRun:  # fmt: skip
     """A TF-IDF-only training run (the lightest run that seals a bundle) submitted as a job
-    that reads its config and catalogue from object storage and publishes its run there."""
+    that reads its config and catalogue (a Parquet file carrying each row's image bytes)
+    from object storage and publishes its run there."""
     from rakuten_ray.config import config_from_dict, load_config
 
     root, bucket = tmp_path_factory.mktemp("train_job"), object_store.bucket("training")
@@ -188,7 +189,9 @@ def job_run(
     data["fusion"]["cv_folds"] = 3
     config_from_dict(data).save(root / "config.yaml")
     config = object_store.upload(root / "config.yaml", f"{bucket}/config.yaml")
-    catalogue, out = object_store.upload(tiny_catalogue, f"{bucket}/catalogue"), f"{bucket}/run"
+    labelled_parquet_table(tiny_catalogue).to_parquet(root / "catalogue.parquet")
+    catalogue = object_store.upload(root / "catalogue.parquet", f"{bucket}/catalogue.parquet")
+    out = f"{bucket}/run"
     entrypoint = [sys.executable, "jobs/train.py", "--config", config,
                   "--data", catalogue, "--out", out]  # fmt: skip
     submission_id = f"train-{int(time.time())}"
@@ -202,8 +205,9 @@ def job_run(
 
 @pytest.mark.slow
 def test_train_job_seals_a_verified_bundle(
-    job_run: JobRun, local_cluster: LocalCluster, object_store: ObjectStore, tmp_path: Path
-) -> None:
+    job_run: JobRun, local_cluster: LocalCluster, object_store: ObjectStore,
+    tiny_catalogue: Path, tmp_path: Path,
+) -> None:  # fmt: skip
     from ray.job_submission import JobStatus
 
     from rakuten_ray.bundle import load_bundle
@@ -217,6 +221,9 @@ def test_train_job_seals_a_verified_bundle(
     run = object_store.download(job_run.out, tmp_path / "run")
     metrics = json.loads((run / "metrics.json").read_text())
     assert list(metrics["base_models"]) == ["tfidf_svm"]
+    # Every row of the Parquet catalogue, in the protocol's three parts.
+    parts = sum(metrics["rows"][part] for part in ("train", "val", "internal_test"))
+    assert parts == len(pd.read_csv(tiny_catalogue / "X_train_update.csv"))
 
 
 @pytest.mark.slow

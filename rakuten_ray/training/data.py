@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pyarrow.fs import FileType
 
+from rakuten_ray import storage
 from rakuten_ray.catalog import (
+    X_TRAIN_FILE,
     CatalogueDir,
     SchemaError,
     image_path,
@@ -16,6 +19,8 @@ from rakuten_ray.catalog import (
     read_products,
 )
 from rakuten_ray.models.registry import Modality
+from rakuten_ray.storage import Location
+from rakuten_ray.training.parquet_catalogue import materialise_images, read_catalogue
 
 #: Optional extra files of labelled rows whose text is unavailable: image-model training only.
 X_IMAGES_ONLY_FILE = "X_images_only.csv"
@@ -47,8 +52,32 @@ def with_image_paths(products: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
     return out
 
 
-def load_training_data(data_dir: Path) -> TrainingData:
-    """Read and check the raw layout in ``data_dir`` before any training starts.
+def is_raw_layout(data: Location) -> bool:
+    """Whether ``data`` is a folder in the raw layout (it holds ``X_train_update.csv``)."""
+    return storage.info(data).type == FileType.Directory and storage.is_file(
+        storage.join(data, X_TRAIN_FILE)
+    )
+
+
+def load_training_data(data: Location) -> TrainingData:
+    """Read and check a labelled catalogue before any training starts: a folder in the raw
+    layout, or a Parquet catalogue (:mod:`rakuten_ray.training.parquet_catalogue`: one
+    ``.parquet`` file or a folder of them, whose images are then written to this node's
+    cache); a local path or an object-storage URI (a raw layout's folder is copied to this
+    node's cache whole).
+
+    Raises:
+        SchemaError: a file is missing or malformed, or image-only rows reuse a row index.
+        StorageError: the store refuses or cannot be reached.
+    """
+    if is_raw_layout(data):
+        return load_raw_layout(storage.fetched(data, "catalogue folder"))
+    rows = materialise_images(read_catalogue(data))
+    return TrainingData(labelled=rows, images_only=rows.iloc[:0])
+
+
+def load_raw_layout(data_dir: Path) -> TrainingData:
+    """Read and check the raw layout in the local folder ``data_dir``.
 
     Raises:
         SchemaError: a file is missing or malformed, or image-only rows reuse a row index.

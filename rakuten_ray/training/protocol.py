@@ -40,6 +40,7 @@ from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.runtime import HeldoutLogits, RuntimeRecord
 from rakuten_ray.models.spec import ModelSpec
 from rakuten_ray.splits import Splits, stratified_splits
+from rakuten_ray.storage import Location
 from rakuten_ray.training.base_models import BaseModelRun, train_base_model
 from rakuten_ray.training.data import TrainingData, load_training_data
 from rakuten_ray.training.report import (
@@ -429,20 +430,24 @@ def build_report(
 
 
 def run_training(
-    config: RunConfig, data_dir: Path, out_dir: Path, log: Log = print, resume: bool = False
-) -> TrainingReport:
-    """Run the whole protocol; returns the report also written to ``RUN/metrics.json``.
+    config: RunConfig, data: TrainingData | Location, out_dir: Path, log: Log = print,
+    resume: bool = False,
+) -> TrainingReport:  # fmt: skip
+    """Run the whole protocol on ``data`` (as read by
+    :func:`~rakuten_ray.training.data.load_training_data`, or the location it reads); returns
+    the report also written to ``RUN/metrics.json``.
 
     With ``resume``, continue the interrupted run in ``out_dir``: base models it finished
     are reused, an interrupted Ray Train run continues from its latest checkpoint.
 
     Raises:
-        SchemaError: the data folder is malformed (raised before any training).
+        SchemaError: the data is malformed (raised before any training).
         ResumeError: ``resume`` and ``out_dir`` holds no run of this config and data.
     """
     layout = RunLayout(Path(out_dir))
     timer = PhaseClock(log, label="phase ")
-    data = load_training_data(Path(data_dir))
+    if not isinstance(data, TrainingData):
+        data = load_training_data(data)
     record = training_record(config, data)
     if resume:
         check_resumable(layout, record)

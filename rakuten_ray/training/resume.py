@@ -37,17 +37,22 @@ DATA_INPUT = "--data"
 
 
 def data_table(data: TrainingData) -> pd.DataFrame:
-    """Every labelled row (index, fields, label, image path) with the size of its image file
-    (-1 when absent): what the data's fingerprint covers, so a changed row, label or image
-    file changes it.
+    """Every labelled row (index, fields, label) with its image file's name and size (-1
+    when absent): what the data's fingerprint covers, so a changed row, label or image file
+    changes it.
 
     Image sizes are read, not image contents: a full catalogue's images are too many to hash
-    before a run starts.
+    before a run starts. The file's name, not its folder, so that the same rows and images
+    give the same fingerprint wherever they are: a moved folder, or a Parquet catalogue
+    whose images were written to this node's cache.
     """
-    columns = [*X_COLUMNS, LABEL_COLUMN, "image_path"]
-    rows = pd.concat([data.labelled[columns], data.images_only[columns]])
-    sizes = [Path(p).stat().st_size if Path(p).is_file() else -1 for p in rows["image_path"]]
-    return rows.assign(image_bytes=np.asarray(sizes, dtype=np.int64))
+    columns = [*X_COLUMNS, LABEL_COLUMN]
+    rows = pd.concat([data.labelled, data.images_only])
+    paths = [Path(p) for p in rows["image_path"]]
+    sizes = [p.stat().st_size if p.is_file() else -1 for p in paths]
+    return rows[columns].assign(
+        image_file=[p.name for p in paths], image_bytes=np.asarray(sizes, dtype=np.int64)
+    )
 
 
 def training_record(config: RunConfig, data: TrainingData) -> RunRecord:
