@@ -12,8 +12,9 @@ as in ``RUN/metrics.json``). With ``--run``, the fine-tuned models' figures from
 
     .venv/bin/python benchmarks/frozen_baselines.py [--config configs/demo.yaml]
         [--data ../shared/data/rakuten_sample] [--run RUN] [--set KEY=VALUE] [--model NAME]
+        [--name RESULTS_NAME]
 
-Prints a table and writes ``benchmarks/results/frozen_baselines.json``.
+Prints a table and writes ``benchmarks/results/<--name>.json`` (``frozen_baselines``).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=common.SAMPLE)
     parser.add_argument("--run", type=Path, default=None, help="a training run of the config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", default="frozen_baselines", help="results file name")
     parser.add_argument(
         "--model", action="append", default=[], help="only this model of the config (repeatable)"
     )
@@ -189,7 +191,7 @@ def main() -> None:
         "run": str(args.run) if args.run else None, "results": results,
         "machine": common.machine(),
     }  # fmt: skip
-    common.write_results("frozen_baselines", payload)
+    common.write_results(args.name, payload)
 
 
 if __name__ == "__main__":
