@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 #: CPUs reserved by each read or write task.
 IO_CPUS = 0.1
+#: Most blocks an input is read into: past it, blocks grow with the input instead, so that
+#: the driver's memory stays flat however many rows are scored
+#: (``benchmarks/driver_memory.py``).
+MAX_READ_BLOCKS = 256
 
 
 def _pool_args(pool: StagePool) -> dict:
@@ -52,6 +56,14 @@ def _warn_if_pools_exceed_cluster(scoring: ScoringParams) -> None:
             "%.2f now: the run waits for the cluster to grow; lower scoring.*.num_cpus or "
             "pool_size if it cannot", wanted, available,
         )  # fmt: skip
+
+
+def read_blocks(rows: int, scoring: ScoringParams) -> int:
+    """How many blocks the input is read into: one text batch each for a small input, so
+    the image pool starts as soon as the first texts are scored rather than after a whole
+    shard's share; at most :data:`MAX_READ_BLOCKS` for a large one, as the driver keeps
+    bookkeeping for every block of every stage."""
+    return max(1, min(MAX_READ_BLOCKS, math.ceil(rows / scoring.text.batch_size)))
 
 
 class _SkipDone:
@@ -96,13 +108,10 @@ def score_with_ray(
     # Reading and writing are light next to the models: they get a sliver of a CPU so that the
     # actor pools can hold the rest of a small machine without starving them.
     _warn_if_pools_exceed_cluster(scoring)
-    # Blocks of one text batch: the image pool starts as soon as the first batch of texts is
-    # scored instead of waiting for a whole shard's share.
     rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in shards)
     dataset = ray.data.read_parquet(
-        [str(p) for p in shards], num_cpus=IO_CPUS,
-        override_num_blocks=max(1, math.ceil(rows / scoring.text.batch_size)),
-    )  # fmt: skip
+        [str(p) for p in shards], num_cpus=IO_CPUS, override_num_blocks=read_blocks(rows, scoring)
+    )
     if done_rows is not None and len(done_rows):
         dataset = dataset.map_batches(
             _SkipDone, fn_constructor_args=(done_rows,), batch_format="pandas",
