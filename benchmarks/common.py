@@ -33,13 +33,12 @@ CACHED_BUNDLE = CACHE / "demo" / "run" / "bundle"
 LIGHT_BUNDLE = CACHE / "light" / "run" / "bundle"
 SAMPLE = Path(os.environ.get("RAKUTEN_SAMPLE_DIR", REPO.parent / "shared/data/rakuten_sample"))
 _IMAGE_NAME = re.compile(r"image_(\d+)_product_(\d+)\.jpg")
-#: A smaller demo than ``rakuten-ray demo``: the same four model architectures (so scoring
+#: A smaller demo than ``rakuten-ray demo``: the same model architectures (so scoring
 #: costs the same), fewer rows and one epoch each, so that it trains in a few minutes.
 _BENCH_DEMO = {"rows": 1000, "test_rows": 200}
 _BENCH_OVERRIDES = (
     "text_models.minilm.train.epochs=1",
     "image_models.effnet_lite0.train.epochs=1",
-    "image_models.effnet_lite1.train.epochs=1",
 )
 #: The light bundle for the scaling runs: the same models and stages fed smaller inputs
 #: (16 tokens, 32-pixel images), so that 100,000 rows score in minutes rather than hours.
@@ -47,7 +46,6 @@ _LIGHT_OVERRIDES = (
     *_BENCH_OVERRIDES,
     "text_models.minilm.max_length=16",
     "image_models.effnet_lite0.image_size=32",
-    "image_models.effnet_lite1.image_size=32",
 )
 
 

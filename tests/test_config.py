@@ -106,8 +106,8 @@ def write_config(tmp_path: Path, mutate) -> Path:
             "image_models[effnet_lite0].train.backbone_lr_scale: must be in (0, 1]",
         ),
         (
-            lambda d: d["image_models"][1]["train"].update(freeze_backbone_epochs=9),
-            "image_models[effnet_lite1].train.freeze_backbone_epochs: must be between 0 and",
+            lambda d: d["image_models"][0]["train"].update(freeze_backbone_epochs=9),
+            "image_models[effnet_lite0].train.freeze_backbone_epochs: must be between 0 and",
         ),
         (
             lambda d: d["text_models"][1]["train"].update(epochs=0),
@@ -156,7 +156,7 @@ def test_scientific_notation_without_a_dot_is_a_number() -> None:
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
-    config = load_config(CONFIGS / "demo.yaml", ["image_models.effnet_lite1.image_size=96"])
+    config = load_config(CONFIGS / "demo.yaml", ["image_models.effnet_lite0.image_size=96"])
     config.save(tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == config
 
@@ -276,7 +276,7 @@ def test_an_unknown_key_in_a_kind_s_entry_names_its_path_the_file_and_the_known_
 def test_every_problem_is_reported_on_a_line_naming_the_file(tmp_path: Path) -> None:
     def mutate(data: dict) -> None:
         data["seed"] = "x"
-        data["image_models"][1]["image_size"] = 8
+        data["image_models"][0]["image_size"] = 8
         data["fusion"]["blend"] = "median"
 
     path = write_config(tmp_path, mutate)
@@ -285,7 +285,7 @@ def test_every_problem_is_reported_on_a_line_naming_the_file(tmp_path: Path) -> 
     lines = str(caught.value).splitlines()
     assert lines == [
         f"{path}: seed: expected int, got str",
-        f"{path}: image_models[effnet_lite1].image_size: must be at least 16 (got 8)",
+        f"{path}: image_models[effnet_lite0].image_size: must be at least 16 (got 8)",
         f"{path}: fusion.blend: 'median' is not one of 'inverse_log_loss' or 'optimal'",
     ]
 
