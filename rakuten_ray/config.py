@@ -158,7 +158,8 @@ class ServingParams(Section):
     """The online service (``rakuten-ray serve``)."""
 
     replicas: int = Field(1, ge=1)
-    #: Resources of each replica (its torch threads: the CPUs, rounded up).
+    #: Resources of each replica. Its text and image stages run side by side, each on
+    #: half the CPUs (rounded up) in threads.
     num_cpus: Real = 2.0
     num_gpus: Real = 0.0
     #: Products grouped into one pass through the stages, and how long the first of them

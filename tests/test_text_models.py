@@ -20,9 +20,11 @@ from rakuten_ray.metrics import weighted_f1
 from rakuten_ray.models.registry import get_kind
 from rakuten_ray.models.tfidf_svm import (
     MODEL_FILE,
+    CalibratedSvmArrays,
     TfidfSvmClassifier,
     fit_tfidf_svm,
     save_tfidf_svm,
+    text_columns,
 )
 from rakuten_ray.models.transformer import (
     PACKAGED_TEXT_MODELS,
@@ -284,6 +286,22 @@ def test_tfidf_svm_beats_chance_on_held_out_rows(
     assert f1 > 0.5, f1
 
 
+def test_tfidf_svm_arrays_give_the_pipelines_probabilities_bit_for_bit(
+    fitted_tfidf: object, text_rows: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    _, heldout = text_rows
+    columns = text_columns(
+        [*heldout["designation"], "", "zzqx wvvk"], [*heldout["description"], "", ""]
+    )
+    arrays = CalibratedSvmArrays(fitted_tfidf)
+    np.testing.assert_array_equal(
+        arrays.probabilities(columns), fitted_tfidf.predict_proba(columns)
+    )
+    np.testing.assert_array_equal(
+        arrays.probabilities(columns.iloc[[3]]), fitted_tfidf.predict_proba(columns.iloc[[3]])
+    )
+
+
 def test_tfidf_svm_skops_round_trip_and_log_probabilities(
     fitted_tfidf: object, text_rows: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
 ) -> None:
@@ -292,7 +310,7 @@ def test_tfidf_svm_skops_round_trip_and_log_probabilities(
     save_tfidf_svm(fitted_tfidf, tmp_path / "tfidf")
     assert (tmp_path / "tfidf" / MODEL_FILE).is_file()
     in_memory = TfidfSvmClassifier.__new__(TfidfSvmClassifier)
-    in_memory.pipeline = fitted_tfidf
+    in_memory.pipeline, in_memory.arrays = fitted_tfidf, CalibratedSvmArrays(fitted_tfidf)
     loaded = TfidfSvmClassifier(tmp_path / "tfidf")
 
     scores = loaded.scores(designations, descriptions)

@@ -100,6 +100,11 @@ def test_the_text_stage_hands_the_budget_to_the_kinds_that_take_it(
 def test_serving_keeps_its_own_call_size_unless_it_asks_for_the_batch_engines() -> None:
     pool = StagePool(num_cpus=0.6, micro_batch_size=16, tokens_per_call=1024)
     one = online_pool(pool, ServingParams(num_cpus=2.0, micro_batch_size=1))
-    assert (one.micro_batch_size, one.tokens_per_call, one.num_cpus) == (1, None, 2.0)
-    same = online_pool(pool, ServingParams(num_cpus=2.0, micro_batch_size=None))
-    assert (same.micro_batch_size, same.tokens_per_call, same.num_cpus) == (16, 1024, 2.0)
+    # Text and image run side by side on a replica: each gets half its CPUs.
+    assert (one.micro_batch_size, one.tokens_per_call, one.num_cpus, one.threads) == (
+        1, None, 1.0, 1
+    )  # fmt: skip
+    same = online_pool(pool, ServingParams(num_cpus=3.0, micro_batch_size=None))
+    assert (same.micro_batch_size, same.tokens_per_call, same.num_cpus, same.threads) == (
+        16, 1024, 1.5, 2
+    )  # fmt: skip

@@ -103,6 +103,10 @@ class OnnxForward:
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: every actor would repeat its warnings
+        # Idle threads sleep rather than spin: stages side by side (a replica's text and
+        # image, the engines' pools) share a few cores, and a spinning pool took them from
+        # the one with work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )

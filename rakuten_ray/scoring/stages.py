@@ -258,15 +258,22 @@ class FusionStage:
         image_codes[~has_image] = pd.NA
         text_codes = codes[text.argmax(axis=1)]
         decision, reason = self.review.decide(final, has_image, text_codes, image_argmax)
-        out = batch[[ROW_COLUMN, INDEX_COLUMN, "productid", "imageid"]].copy()
-        out["prdtypecode"] = codes[final.argmax(axis=1)]
-        out["confidence"] = final.max(axis=1)
-        out["text_prdtypecode"] = text_codes
-        out["image_prdtypecode"] = image_codes
-        out["image_status"] = batch["image_status"].astype(str)
-        out["decision"] = decision
-        out["review_reason"] = reason
-        out[BUNDLE_ID_COLUMN] = self.bundle_id
-        # Rows scored outside a run (a data frame, a request) were never staged, so have none.
-        out[CONTENT_HASH_COLUMN] = batch.get(CONTENT_HASH_COLUMN)
-        return _with_block(out, FINAL_PROBS, final)
+        # One frame built from whole columns: assigning them one by one cost more than the
+        # meta-models on a request's one product.
+        columns = {c: batch[c] for c in (ROW_COLUMN, INDEX_COLUMN, "productid", "imageid")}
+        columns.update(
+            {
+                "prdtypecode": codes[final.argmax(axis=1)],
+                "confidence": final.max(axis=1),
+                "text_prdtypecode": text_codes,
+                "image_prdtypecode": image_codes,
+                "image_status": batch["image_status"].astype(str),
+                "decision": decision,
+                "review_reason": reason,
+                BUNDLE_ID_COLUMN: self.bundle_id,
+                # Rows scored outside a run (a data frame, a request) were never staged.
+                CONTENT_HASH_COLUMN: batch.get(CONTENT_HASH_COLUMN),
+            }
+        )
+        out = pd.DataFrame(columns, index=batch.index)
+        return pd.concat([out, pd.DataFrame(final, columns=FINAL_PROBS, index=batch.index)], axis=1)
