@@ -127,7 +127,8 @@ class CalibratedSvmArrays:
             raise ValueError("expected sigmoid calibration over more than two classes")
         self.n_folds_ = len(folds)
         # Per fold: its classes' positions among all classes, and one column per class.
-        self.positions_ = [np.searchsorted(calibrated.classes_, f.estimator.classes_) for f in folds]
+        classes = calibrated.classes_
+        self.positions_ = [np.searchsorted(classes, f.estimator.classes_) for f in folds]
         self.weights_ = np.concatenate([f.estimator.coef_ for f in folds]).T
         self.intercepts_ = np.concatenate([f.estimator.intercept_ for f in folds])
         self.slopes_ = np.concatenate([[c.a_ for c in f.calibrators] for f in folds])
@@ -149,7 +150,7 @@ class CalibratedSvmArrays:
             proba = np.divide(
                 proba, total, out=np.full_like(proba, 1 / self.n_classes_), where=total != 0
             )
-            proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
+            proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
             mean += proba
         mean /= self.n_folds_
         return mean

@@ -149,7 +149,8 @@ def _texts(values: pd.Series) -> list[str]:
     microseconds a row and none of pandas' fixed cost per call, which counts when a request
     brings one product."""
     missing = values.isna().to_numpy()
-    return ["" if gone else _str(value) for value, gone in zip(values.to_numpy(object), missing)]
+    values = values.to_numpy(object)
+    return ["" if gone else _str(value) for value, gone in zip(values, missing, strict=True)]
 
 
 def _as_text(values: pd.Series) -> pd.Series:

@@ -24,7 +24,6 @@ from rakuten_ray.serving.requests import MAX_IMAGE_BYTES, Product
 from rakuten_ray.text import MAX_TEXT_CHARS
 from rakuten_ray.training.report import TrainingReport
 
-
 #: Branches of a request that run side by side: the text stage, and the image stages.
 SIDE_BY_SIDE = 2
 
@@ -139,8 +138,11 @@ def answer(scored: dict[str, Any], k: int, bundle_id: str) -> dict[str, Any]:
         "category": CATEGORY_NAMES[code],
         "confidence": scored["confidence"],
         "top": [
-            {"prdtypecode": CLASS_CODES[i], "category": CATEGORY_NAMES[CLASS_CODES[i]],
-             "probability": float(probs[i])}
+            {
+                "prdtypecode": CLASS_CODES[i],
+                "category": CATEGORY_NAMES[CLASS_CODES[i]],
+                "probability": float(probs[i]),
+            }
             for i in best
         ],  # fmt: skip
         "text_prdtypecode": scored["text_prdtypecode"],
