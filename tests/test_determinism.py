@@ -13,7 +13,7 @@ from helpers import write_tiny_text_backbone
 from rakuten_ray.catalog import LABEL_COLUMN, CatalogueDir, codes_to_indices
 from rakuten_ray.config import model_spec_from_dict
 from rakuten_ray.models.tables import text_table
-from rakuten_ray.models.tfidf_svm import fit_tfidf_svm, full_probabilities, text_columns
+from rakuten_ray.models.tfidf_svm import fit_tfidf_svm, text_columns
 from rakuten_ray.models.transformer import TextClassifier
 from rakuten_ray.synthetic import generate_catalogue
 from rakuten_ray.training.deep import fit_deep_model
@@ -36,9 +36,7 @@ def test_tfidf_svm_refits_to_the_same_probabilities(rows: pd.DataFrame) -> None:
     first, second = (
         fit_tfidf_svm(rows["designation"], rows["description"], y, seed=7) for _ in range(2)
     )
-    np.testing.assert_array_equal(
-        full_probabilities(first, columns), full_probabilities(second, columns)
-    )
+    np.testing.assert_array_equal(first.predict_proba(columns), second.predict_proba(columns))
 
 
 @pytest.mark.slow

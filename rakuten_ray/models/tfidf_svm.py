@@ -67,13 +67,9 @@ def text_columns(designations: Sequence[object], descriptions: Sequence[object])
     )
 
 
-def full_probabilities(pipeline: Pipeline, columns: pd.DataFrame) -> np.ndarray:
-    """Probabilities over all 27 classes, even for classes absent when it was fitted."""
-    return all_classes(pipeline.predict_proba(columns), pipeline.classes_)
-
-
 def all_classes(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``probs`` over a fitted model's ``classes`` (class indices) as columns of all 27."""
+    """``probs`` over a fitted model's ``classes`` (class indices) as columns of all 27, so
+    classes absent when it was fitted get probability 0."""
     if probs.shape[1] == NUM_CLASSES:
         return probs
     out = np.zeros((len(probs), NUM_CLASSES))

@@ -57,9 +57,9 @@ class ProductClassifier:
         #: Products per pass through the stages, as ``@serve.batch`` grouped them.
         self.batches: list[int] = []
 
-    # Two batches in flight: while one is fused and answered, on one thread, the next one's
-    # models keep the other core busy (16 clients on 2 cores: 28.8 requests/s against 23.6
-    # with one, docs/performance.md).
+    # Two batches in flight: while one is fused and answered on one thread, the next one's
+    # models keep the other core busy (at 16 clients on 2 cores, one in flight left a fifth
+    # of the CPU idle).
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def _score_batch(self, products: list[Product]) -> list[dict[str, Any]]:
         self.batches.append(len(products))
