@@ -42,8 +42,10 @@ pytestmark = pytest.mark.slow
 EARLY_STOPPED, RETRAINED = "camembert_large", "xlm_roberta"
 #: Epochs the early-stopped model may run; it stops after its first worse one.
 EARLY_EPOCHS = 4
-#: A constant learning rate the tiny encoder overshoots with: its validation loss measured
-#: 3.61 after the first epoch, 3.90 after the second.
+#: A constant learning rate the tiny encoder overshoots with once it is unfrozen. Its
+#: validation loss measured 3.461 after the head-only first epoch, every time, and 3.596 and
+#: 3.940 after the second in two runs: the unfrozen epoch's losses vary from run to run
+#: (3.58 to 3.94 seen), so the first epoch is the head's alone, which they all stay above.
 DIVERGING_LEARNING_RATE = 0.1
 WEIGHTS_FILE = "model.safetensors"
 AUTOSCALE_SCRIPT = Path(__file__).with_name("autoscale_run.py")
@@ -60,9 +62,10 @@ def paths_config(tiny_production_models) -> RunConfig:
     for model in config["text_models"]:
         model["scaling"]["num_workers"] = 1
     early, retrained = config["text_models"]
+    # The first epoch trains the head alone on the frozen encoder, the second unfreezes it.
     early["train"].update(
         epochs=EARLY_EPOCHS, patience=1, learning_rate=DIVERGING_LEARNING_RATE,
-        schedule="constant", warmup_ratio=0.0,
+        schedule="constant", warmup_ratio=0.0, freeze_backbone_epochs=1,
     )  # fmt: skip
     retrained["refit"] = "retrain"
     config["training"]["max_concurrent_models"] = 2
