@@ -268,6 +268,22 @@ class JobSampler:
         usage.cpu_s = sum(usage._last_cpu[pid] - start for pid, start in usage._start_cpu.items())
 
 
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far (user + system) of process ``pid`` and its descendants (a local
+    Ray instance's workers among them), summed by process title."""
+    psutil = _psutil()
+    root = psutil.Process(pid)
+    used: dict[str, float] = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            title = (process.cmdline() or [process.name()])[0]
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        used[title] = used.get(title, 0.0) + times.user + times.system
+    return used
+
+
 @contextmanager
 def measured(interval: float = 0.5) -> Iterator[JobUsage]:
     """Time the body and sample the job's CPU and memory while it runs."""

@@ -24,7 +24,6 @@ Prints a table and writes ``benchmarks/results/serve_latency.json``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ from common import (
     load_line,
     machine,
     real_catalogue,
+    tree_cpu_s,
     write_results,
 )
 
@@ -107,21 +107,13 @@ def drive(
     }
 
 
-def service_cpu_s(session: int) -> dict[str, float]:
-    """CPU seconds so far of the processes of the service's session, by role."""
-    ticks = os.sysconf("SC_CLK_TCK")
+def service_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the service's processes, by role."""
     used = {"replica": 0.0, "proxy": 0.0, "other_ray": 0.0}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(stat[3]) != session:
-            continue
+    for title, seconds in tree_cpu_s(pid).items():
         role = ("replica" if "ProductClassifier" in title
                 else "proxy" if "ProxyActor" in title else "other_ray")  # fmt: skip
-        used[role] += (int(stat[11]) + int(stat[12])) / ticks
+        used[role] += seconds
     return used
 
 
