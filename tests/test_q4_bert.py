@@ -4,7 +4,10 @@ package's own C engine."""
 
 from __future__ import annotations
 
+import importlib
 import struct
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +157,36 @@ def test_a_conversion_is_made_once_and_kept(
     first = converted_folder(source, "ab" * 32, convert)
     assert converted_folder(source, "ab" * 32, convert) == first and len(calls) == 1
     assert (first / "config.json").is_file() and first.parent == tmp_path / "cache"
-    assert converted_folder(source, "cd" * 32, convert) != first  # another file, another folder
-    assert sorted(p.name for p in first.parent.iterdir()) == sorted(
-        [first.name, f"weights-{'cd' * 8}"]
-    )  # no staging folder left behind
+    other = converted_folder(source, "cd" * 32, convert)
+    assert other != first  # another file, another folder
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, other.name])
+    # no staging folder left behind
+
+
+def test_a_changed_converter_never_reads_an_old_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache folder is keyed by the converter's code as well as by the file."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"x")
+    module = tmp_path / "toy_converter.py"
+
+    def write_converter(value: str) -> Callable[[Path, Path], object]:
+        module.write_text(
+            "def convert(src, out):\n"
+            f"    (out / 'config.json').write_text({value!r})\n"
+        )
+        importlib.invalidate_caches()
+        sys.modules.pop("toy_converter", None)
+        return importlib.import_module("toy_converter").convert
+
+    old = converted_folder(source, "ab" * 32, write_converter("old"))
+    new = converted_folder(source, "ab" * 32, write_converter("new"))
+    assert new != old
+    assert (new / "config.json").read_text() == "new"
+    assert (old / "config.json").read_text() == "old"
 
 
 @pytest.mark.slow

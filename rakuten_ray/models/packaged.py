@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import os
 import shutil
 import tempfile
@@ -40,15 +42,22 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV, default))
 
 
-def converted_folder(source: Path, digest: str, convert: Callable[[Path, Path], object]) -> Path:
-    """The folder ``convert(source, folder)`` writes, made once per verified source.
+def converter_digest(convert: Callable[[Path, Path], object]) -> str:
+    """sha256 of the source of the module that defines ``convert``: what the conversion does."""
+    code = inspect.getsource(inspect.getmodule(convert) or convert)
+    return hashlib.sha256(code.encode()).hexdigest()
 
-    The folder is named by the source's sha256 (checked by the caller), so a changed file
-    never reads an old conversion. It is written under a temporary name and renamed into
-    place: a process (another Ray worker) that loses the race keeps the first folder and drops
-    its own, and a conversion cut short is never read.
+
+def converted_folder(source: Path, digest: str, convert: Callable[[Path, Path], object]) -> Path:
+    """The folder ``convert(source, folder)`` writes, made once per verified source and converter.
+
+    The folder is named by the source's sha256 (checked by the caller) and by the converter's
+    code, so neither a changed file nor a changed conversion reads an old folder. It is
+    written under a temporary name and renamed into place: a process (another Ray worker) that
+    loses the race keeps the first folder and drops its own, and a conversion cut short is
+    never read.
     """
-    folder = cache_root() / f"{source.stem}-{digest[:16]}"
+    folder = cache_root() / f"{source.stem}-{digest[:16]}-{converter_digest(convert)[:12]}"
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
