@@ -120,7 +120,14 @@ def write_config(tmp_path: Path, mutate) -> Path:
         ),
         (
             lambda d: d["text_models"][1]["train"].update(head_fit="probe"),
-            "text_models[minilm].train.head_fit: only image models fit a probe head",
+            "text_models[minilm].train.head_fit: 'probe' fits the head in the first",
+        ),
+        (
+            lambda d: (
+                d["text_models"][1].update(pooling="first"),
+                d["text_models"][1]["train"].update(head_fit="probe", freeze_backbone_epochs=1),
+            ),
+            "text_models[minilm].train.head_fit: 'probe' needs pooling 'mean'",
         ),
         (
             lambda d: d["image_models"][0]["train"].update(freeze_backbone_epochs=0),

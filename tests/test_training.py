@@ -23,7 +23,7 @@ from rakuten_ray.models.registry import Modality, kind_of
 from rakuten_ray.models.spec import DeepModelSpec
 from rakuten_ray.models.tables import image_table, text_table
 from rakuten_ray.models.tasks import DeepTask
-from rakuten_ray.models.transformer import TextClassifier, TextSettings
+from rakuten_ray.models.transformer import TextClassifier, TextSettings, tokenize
 from rakuten_ray.models.vision import load_image_model
 from rakuten_ray.splits import Splits, stratified_splits
 from rakuten_ray.synthetic import generate_catalogue
@@ -424,6 +424,44 @@ def test_a_probe_head_fit_is_the_logistic_regression_of_the_frozen_features(
     assert metrics["head_C"] == expected.C
     assert metrics["train_loss"] == pytest.approx(expected.train_log_loss)
     # The epoch's validation loss is the fitted head's, as scoring computes it.
+    assert metrics["val_log_loss"] == pytest.approx(expected.val_log_loss, abs=1e-4)
+    assert metrics["val_log_loss"] < np.log(27)  # the zero head's
+
+    run_epoch(task, run, spec.train, val, 1, 0, torch.device("cpu"), autocast=None)
+    assert changed(start_backbone, backbone_state(run.model, run.head))  # now fine-tuned
+
+
+def test_a_text_probe_head_fit_is_the_logistic_regression_of_the_mean_pooled_tokens(
+    tiny_backbone: Path, text_rows: pd.DataFrame, text_splits: Splits
+) -> None:
+    """With ``pooling: mean`` a text model's head is one linear layer on the tokens' mean:
+    the probe sets it exactly, and only the next epoch moves the encoder."""
+    spec = tiny_text_spec(
+        tiny_backbone, "tiny_probe",
+        {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "freeze_backbone_epochs": 1,
+         "head_fit": "probe"},
+        {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0}, pooling="mean",
+    )  # fmt: skip
+    train = text_table(text_rows.loc[text_splits.train], TEMPLATE)
+    val = text_table(text_rows.loc[text_splits.val], TEMPLATE)
+    val = val[val["label"].isin(train["label"])]  # a class never trained on gets almost 0
+    task, run = plain_run(spec, train)
+    start_backbone = backbone_state(run.model, run.head)
+
+    def pooled(table: pd.DataFrame) -> np.ndarray:
+        inputs = tokenize(task.tokenizer, table["text"].tolist(), spec.max_length)
+        with torch.inference_mode():
+            return run.model.eval().pooled(**inputs).numpy()
+
+    expected = fit_probe_head(
+        pooled(train), train["label"].to_numpy(), pooled(val), val["label"].to_numpy(), 27
+    )
+    metrics = run_epoch(task, run, spec.train, val, 0, 0, torch.device("cpu"), autocast=None)
+    assert changed(start_backbone, backbone_state(run.model, run.head)) == []
+    head = run.model.network.classifier
+    np.testing.assert_allclose(head.weight.detach().numpy(), expected.weight, atol=1e-5)
+    np.testing.assert_allclose(head.bias.detach().numpy(), expected.bias, atol=1e-5)
+    assert metrics["head_C"] == expected.C
     assert metrics["val_log_loss"] == pytest.approx(expected.val_log_loss, abs=1e-4)
     assert metrics["val_log_loss"] < np.log(27)  # the zero head's
 

@@ -145,10 +145,13 @@ class SequenceClassifier(torch.nn.Module):
         """Logits of a tokenized batch (``input_ids``, ``attention_mask``, ...)."""
         if self.pooling == "first":
             return self.network(**features).logits
+        return self.network.classifier(self.network.dropout(self.pooled(**features)))
+
+    def pooled(self, **features: torch.Tensor) -> torch.Tensor:
+        """The masked mean of the last layer's token vectors: what the ``mean`` head reads."""
         hidden = self.network.base_model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.network.classifier(self.network.dropout(pooled))
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def template_markers(template: str) -> list[str]:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from rakuten_ray.models.kind import DeepKind, Modality
 from rakuten_ray.models.packaged import PACKAGE_PREFIX
+from rakuten_ray.models.settings import RuleError
 from rakuten_ray.models.spec import DEFAULT_PRECISION, DeepModelSpec, Precision, TrainParams
 from rakuten_ray.models.tables import text_table
 from rakuten_ray.models.tasks import Batch, DeepTask
@@ -25,18 +26,6 @@ if TYPE_CHECKING:
 
 #: Submodules of a Hugging Face sequence classifier that belong to its classification head.
 TEXT_HEADS = ("pre_classifier", "classifier")
-
-
-class TextTrainParams(TrainParams):
-    """A text model's optimisation settings."""
-
-    @field_validator("head_fit")
-    @classmethod
-    def _no_probe_head(cls, head_fit: str) -> str:
-        # A text head is not always one linear layer (RoBERTa's is two): no exact fit.
-        if head_fit == "probe":
-            raise ValueError("only image models fit a probe head")
-        return head_fit
 
 
 class HfTextSpec(DeepModelSpec):
@@ -57,7 +46,17 @@ class HfTextSpec(DeepModelSpec):
     #: (96M of multilingual-e5-small's 118M parameters) then costs no gradient or optimiser
     #: state; the markers' new rows stay at their initial values.
     freeze_embeddings: bool = False
-    train: TextTrainParams = Field(default_factory=TextTrainParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+
+    @model_validator(mode="after")
+    def _probe_needs_a_linear_head(self) -> HfTextSpec:
+        # Only the mean pooling feeds one linear layer; a first-token head is not always one
+        # (RoBERTa's is two), so no exact fit exists for it.
+        if self.train.head_fit == "probe" and self.pooling != "mean":
+            raise RuleError(
+                "train.head_fit", "'probe' needs pooling 'mean' (a linear head on pooled tokens)"
+            )
+        return self
 
     def hub_source(self) -> str | None:
         local = self.model.startswith((PACKAGE_PREFIX, "/", ".")) or Path(self.model).exists()
@@ -121,6 +120,13 @@ class TextTask(DeepTask):
         # ``pre_classifier``); SequenceClassifier holds that model as ``network``.
         network = model.network
         return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
+
+    def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
+        # The unwrapped classifier: DistributedDataParallel only exposes ``forward``.
+        return getattr(model, "module", model).pooled(**inputs)
+
+    def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
+        return getattr(model, "module", model).network.classifier
 
     def fixed_names(self, model: torch.nn.Module) -> tuple[str, ...]:
         if not self.spec.freeze_embeddings:
