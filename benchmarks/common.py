@@ -37,14 +37,14 @@ _IMAGE_NAME = re.compile(r"image_(\d+)_product_(\d+)\.jpg")
 #: costs the same), fewer rows and one epoch each, so that it trains in a few minutes.
 _BENCH_DEMO = {"rows": 1000, "test_rows": 200}
 _BENCH_OVERRIDES = (
-    "text_models.minilm.train.epochs=1",
+    "text_models.e5_small.train.epochs=1",
     "image_models.effnet_lite0.train.epochs=1",
 )
 #: The light bundle for the scaling runs: the same models and stages fed smaller inputs
 #: (16 tokens, 32-pixel images), so that 100,000 rows score in minutes rather than hours.
 _LIGHT_OVERRIDES = (
     *_BENCH_OVERRIDES,
-    "text_models.minilm.max_length=16",
+    "text_models.e5_small.max_length=16",
     "image_models.effnet_lite0.image_size=32",
 )
 

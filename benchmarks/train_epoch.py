@@ -8,7 +8,7 @@ worker measures and reports, and everything else it costs (starting Ray, the wor
 building the model, the checkpoint) is reported apart as overhead.
 
     python benchmarks/train_epoch.py [--data DIR] [--rows 512] [--val-rows 128] [--repeats 1]
-        [--models minilm effnet_lite0]
+        [--models e5_small effnet_lite0]
 
 With ``--repeats N`` each path runs N epochs, alternating which path goes first, and the
 fastest of each counts: other jobs on a shared machine only ever slow an epoch down.
@@ -43,7 +43,7 @@ from rakuten_ray.training.loop import prepare_training, run_epoch
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared/data/rakuten_sample"
 RESULTS = REPO / "benchmarks/results/train_epoch.json"
-MODELS = ("minilm", "effnet_lite0")
+MODELS = ("e5_small", "effnet_lite0")
 THREADS = 2
 SEED = 42
 

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (bundle goes inside)")
     train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config key, e.g. text_models.minilm.train.epochs=1",
+        help="override one config key, e.g. text_models.e5_small.train.epochs=1",
     )  # fmt: skip
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     train.add_argument(
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a key of configs/demo.yaml, e.g. text_models.minilm.train.epochs=1",
+        help="override a key of configs/demo.yaml, e.g. text_models.e5_small.train.epochs=1",
     )  # fmt: skip
     demo.set_defaults(handler=_cmd_demo)
     return parser

@@ -76,13 +76,13 @@ def write_config(tmp_path: Path, mutate) -> Path:
         ),
         (
             lambda d: d["text_models"][1]["train"].update(epochs="two"),
-            "text_models[minilm].train.epochs",
+            "text_models[e5_small].train.epochs",
         ),
         (
             lambda d: d["text_models"][1].update(kind="bert"),
-            "text_models[minilm].kind: 'bert' is not one of",
+            "text_models[e5_small].kind: 'bert' is not one of",
         ),
-        (lambda d: d["text_models"][1].pop("kind"), "text_models[minilm].kind: required"),
+        (lambda d: d["text_models"][1].pop("kind"), "text_models[e5_small].kind: required"),
         (
             lambda d: d["image_models"][0].clear() or d["image_models"][0].update(
                 name="effnet_lite0", kind="tfidf_svm"
@@ -111,23 +111,20 @@ def write_config(tmp_path: Path, mutate) -> Path:
         ),
         (
             lambda d: d["text_models"][1]["train"].update(epochs=0),
-            "text_models[minilm].train.epochs: must be at least 1",
+            "text_models[e5_small].train.epochs: must be at least 1",
         ),
-        (lambda d: d["text_models"][1].update(pooling="max"), "text_models[minilm].pooling"),
+        (lambda d: d["text_models"][1].update(pooling="max"), "text_models[e5_small].pooling"),
         (
             lambda d: d["image_models"][0].update(pooling="mean"),
             "image_models[effnet_lite0].pooling: unknown key",
         ),
         (
-            lambda d: d["text_models"][1]["train"].update(head_fit="probe"),
-            "text_models[minilm].train.head_fit: 'probe' fits the head in the first",
+            lambda d: d["text_models"][1]["train"].update(freeze_backbone_epochs=0),
+            "text_models[e5_small].train.head_fit: 'probe' fits the head in the first",
         ),
         (
-            lambda d: (
-                d["text_models"][1].update(pooling="first"),
-                d["text_models"][1]["train"].update(head_fit="probe", freeze_backbone_epochs=1),
-            ),
-            "text_models[minilm].train.head_fit: 'probe' needs pooling 'mean'",
+            lambda d: d["text_models"][1].update(pooling="first"),
+            "text_models[e5_small].train.head_fit: 'probe' needs pooling 'mean'",
         ),
         (
             lambda d: d["image_models"][0]["train"].update(freeze_backbone_epochs=0),
@@ -143,23 +140,23 @@ def test_validation_names_the_key(tmp_path: Path, mutate, key: str) -> None:
 def test_overrides_by_dotted_key_and_model_name() -> None:
     config = load_config(
         CONFIGS / "demo.yaml",
-        ["text_models.minilm.train.epochs=1", "fusion.blend=optimal", "seed=7"],
+        ["text_models.e5_small.train.epochs=1", "fusion.blend=optimal", "seed=7"],
     )
     assert config.text_models[1].train.epochs == 1
     assert config.fusion.blend == "optimal" and config.seed == 7
     with pytest.raises(ConfigError, match="no model named 'nope'"):
         load_config(CONFIGS / "demo.yaml", ["text_models.nope.train.epochs=1"])
     with pytest.raises(ConfigError, match="train.epochs"):
-        load_config(CONFIGS / "demo.yaml", ["text_models.minilm.train.epochs=1.5"])
+        load_config(CONFIGS / "demo.yaml", ["text_models.e5_small.train.epochs=1.5"])
 
 
 def test_scientific_notation_without_a_dot_is_a_number() -> None:
     """YAML 1.1 reads ``3e-4`` as text; a float setting still takes it as a number."""
-    config = load_config(CONFIGS / "demo.yaml", ["text_models.minilm.train.learning_rate=3e-4"])
+    config = load_config(CONFIGS / "demo.yaml", ["text_models.e5_small.train.learning_rate=3e-4"])
     assert config.text_models[1].train.learning_rate == pytest.approx(3e-4)
     for text in ("fast", "nan", "1e"):
         with pytest.raises(ConfigError, match="learning_rate: expected float"):
-            load_config(CONFIGS / "demo.yaml", [f"text_models.minilm.train.learning_rate={text}"])
+            load_config(CONFIGS / "demo.yaml", [f"text_models.e5_small.train.learning_rate={text}"])
 
 
 def test_resolved_config_round_trips(tmp_path: Path) -> None:
@@ -276,7 +273,7 @@ def test_an_unknown_key_in_a_kind_s_entry_names_its_path_the_file_and_the_known_
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}: text_models[minilm].train.foo: unknown key (known: [")
+    assert message.startswith(f"{path}: text_models[e5_small].train.foo: unknown key (known: [")
     assert "'epochs'" in message and "'head_fit'" in message
 
 
@@ -302,10 +299,16 @@ def test_every_problem_is_reported_on_a_line_naming_the_file(tmp_path: Path) -> 
     [
         ("review.target_precision=1", "review.target_precision: must be in (0, 1) (got 1)"),
         ("serving.micro_batch_size=0", "serving.micro_batch_size: must be at least 1, or null"),
-        ("text_models.minilm.train.epochs=true", "train.epochs: expected int, got bool"),
-        ("text_models.minilm.train.learning_rate=.nan", "learning_rate: expected a finite number"),
-        ("text_models.minilm.markers=[1]", "text_models[minilm].markers[0]: expected str, got int"),
-        ("text_models.minilm.model=''", "text_models[minilm].model: must not be empty"),
+        ("text_models.e5_small.train.epochs=true", "train.epochs: expected int, got bool"),
+        (
+            "text_models.e5_small.train.learning_rate=.nan",
+            "learning_rate: expected a finite number",
+        ),
+        (
+            "text_models.e5_small.markers=[1]",
+            "text_models[e5_small].markers[0]: expected str, got int",
+        ),
+        ("text_models.e5_small.model=''", "text_models[e5_small].model: must not be empty"),
         ("image_models.effnet_lite0.scaling=2", "[effnet_lite0].scaling: expected a mapping"),
         ("image_models.effnet_lite0.model_args={1: 2}", "model_args[1]: expected str, got int"),
         ("text_models=[3]", "text_models[0]: expected a mapping, got int"),
@@ -332,6 +335,6 @@ def test_a_spec_sent_to_a_worker_comes_back_whole(name: str) -> None:
 
 def test_the_resolved_config_holds_every_setting_of_each_kind() -> None:
     resolved = load_config(CONFIGS / "demo.yaml").to_dict()
-    minilm, effnet = resolved["text_models"][1], resolved["image_models"][0]
-    assert minilm["pooling"] == "mean" and minilm["train"]["head_fit"] == "sgd"
+    e5_small, effnet = resolved["text_models"][1], resolved["image_models"][0]
+    assert e5_small["pooling"] == "mean" and e5_small["train"]["head_fit"] == "probe"
     assert effnet["augmentation"]["scale_min"] == 0.35 and effnet["model_args"] == {}

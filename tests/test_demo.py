@@ -1,7 +1,8 @@
 """``rakuten-ray demo``: the main job on the embedded default, end to end, made small.
 
-The demo config's own models (the packaged MiniLM and EfficientNet-Lite0 backbones,
-the TF-IDF model) train on a 300-row catalogue with fewer tokens, pixels and epochs; every
+The demo config's own models (the packaged multilingual-e5-small and EfficientNet-Lite0
+backbones, the TF-IDF model) train on a 300-row catalogue with fewer tokens, pixels and
+epochs; every
 phase runs as ``make run`` runs it: Ray Train, fusion, the sealed bundle, the Ray Data
 engine, the evaluation and its page.
 """
@@ -21,12 +22,12 @@ from rakuten_ray.training.report import TrainingReport
 pytestmark = pytest.mark.slow
 
 TEST_ROWS = 40
-#: Small enough for a test: short texts, tiny images, one epoch each (the image models' one
-#: epoch is their fitted head).
+#: Small enough for a test: short texts, tiny images, one epoch each (each deep model's one
+#: epoch is its fitted head).
 SMALL = [
-    "text_models.minilm.max_length=16",
-    "text_models.minilm.train.epochs=1",
-    "text_models.minilm.scaling.cpus_per_worker=1",
+    "text_models.e5_small.max_length=16",
+    "text_models.e5_small.train.epochs=1",
+    "text_models.e5_small.scaling.cpus_per_worker=1",
     "text_models.tfidf_svm.scaling.cpus_per_worker=1",
     *(
         f"image_models.{name}.{key}"
@@ -47,7 +48,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture, ray
     run = RunLayout(workdir / "run")
     bundle = load_bundle(run.bundle.root)  # every file hashed against the manifest
     names = [e.name for e in [*bundle.fusion.text_models, *bundle.fusion.image_models]]
-    assert names == ["tfidf_svm", "minilm", "effnet_lite0"]
+    assert names == ["tfidf_svm", "e5_small", "effnet_lite0"]
     report = TrainingReport.load(run.metrics)
     assert set(report.base_models) == set(names)
     predictions = pd.read_parquet(ScoringLayout(workdir / "scores").predictions)
@@ -55,7 +56,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture, ray
     page = (workdir / "report" / "index.html").read_text()
     assert "Models, blends and stack" in page
     # The table the demo prints: one line per base model, blend and stack.
-    for line in ("minilm (hf_text)", "effnet_lite0 (timm_image)", "text blend", "image blend",
+    for line in ("e5_small (hf_text)", "effnet_lite0 (timm_image)", "text blend", "image blend",
                  "stack on the demo test rows"):  # fmt: skip
         assert line in printed
     stack_f1 = float(printed.split("stack (cross-fitted)")[1].split()[0])
