@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import os
@@ -11,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+from rakuten_ray.hashing import sha256_file
 
 #: How a config names a packaged backbone: ``package:<module>``.
 PACKAGE_PREFIX = "package:"
@@ -43,9 +44,8 @@ def cache_root() -> Path:
 
 
 def converter_digest(convert: Callable[[Path, Path], object]) -> str:
-    """sha256 of the source of the module that defines ``convert``: what the conversion does."""
-    code = inspect.getsource(inspect.getmodule(convert) or convert)
-    return hashlib.sha256(code.encode()).hexdigest()
+    """sha256 of the source file that defines ``convert``: what the conversion does."""
+    return sha256_file(inspect.getsourcefile(convert))
 
 
 def converted_folder(source: Path, digest: str, convert: Callable[[Path, Path], object]) -> Path:
