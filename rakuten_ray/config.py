@@ -48,8 +48,10 @@ class FusionParams(Section):
     blend: Literal["inverse_log_loss", "optimal"] = "inverse_log_loss"
     #: ``logistic``: multinomial logistic regression on the probability blocks (27 x 55
     #: parameters with images); ``pooled``: one weight per block and a bias per class;
+    #: ``nested`` (rows with images): the text-only path's pooled meta-model, its biases
+    #: fitted on every row with text, pooled with the image block by two weights;
     #: ``auto``: whichever has the lower cross-fitted log loss on the held-out rows.
-    stack: Literal["auto", "logistic", "pooled"] = "auto"
+    stack: Literal["auto", "logistic", "pooled", "nested"] = "auto"
     stack_C: Real = 1.0
     cv_folds: int = 5
 

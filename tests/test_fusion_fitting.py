@@ -124,3 +124,30 @@ def test_a_modality_in_one_fold_is_refused() -> None:
     folds = pd.Series(0, index=y_idx.index)
     with pytest.raises(ValueError, match="fewer than two folds"):
         fit_modality(models, y_idx, folds, test_rows, "optimal")
+
+
+def test_a_nested_stack_builds_each_fold_on_the_text_only_model_fitted_without_it() -> None:
+    models, y_idx, test_rows = heldout_scores(seed=5)
+    folds = fusion_folds(y_idx, 5, seed=3)
+    text = fit_modality(models[:1], y_idx, folds, test_rows, "inverse_log_loss")
+    image = fit_modality(models[1:], y_idx, folds, test_rows, "inverse_log_loss")
+    image = image.on_rows(y_idx.index[::-4])
+    stack = fit_stack(text, image, y_idx, folds, test_rows, FusionParams(stack="nested"))
+
+    all_rows, rows = text.probs.index, image.probs.index
+    text_rows = (folds.loc[all_rows] != FOLD).to_numpy()
+    base = PooledMetaModel().fit(
+        text.fold_probs[FOLD].to_numpy()[text_rows], y_idx.loc[all_rows].to_numpy()[text_rows]
+    )
+    own = (folds.loc[rows] == FOLD).to_numpy()
+    blocks = concat_blocks([text.fold_probs[FOLD].loc[rows], image.fold_probs[FOLD]])
+    meta = PooledMetaModel(base=base).fit(blocks[~own], y_idx.loc[rows].to_numpy()[~own])
+    positions = all_rows.get_indexer(rows[own])
+    np.testing.assert_allclose(
+        stack.heldout_probs.to_numpy()[positions], meta.predict_proba(blocks[own]), rtol=1e-7
+    )
+    # The bundle's stack nests the bundle's text-only meta-model.
+    assert stack.with_image.base is stack.text_only
+    assert stack.report["with_image_choice"]["structure"] == "nested"
+    auto = fit_stack(text, image, y_idx, folds, test_rows, FusionParams())
+    assert set(auto.report["with_image_choice"]["candidates"]) == {"logistic", "pooled", "nested"}

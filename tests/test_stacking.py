@@ -146,7 +146,7 @@ def test_cross_fitted_probs_are_out_of_fold() -> None:
     y[:2] = 26  # a class with fewer members than folds
     folds = cross_fit_folds(y, 5, seed=42)
     same_blocks = dict.fromkeys(range(5), [text, image])
-    oof = cross_fitted_stack_probs(same_blocks, y, lambda: StackingMetaModel(C=1.0), folds)
+    oof, _ = cross_fitted_stack_probs(same_blocks, y, lambda fold: StackingMetaModel(C=1.0), folds)
     assert oof.shape == (1_000, K)
     np.testing.assert_allclose(oof.sum(axis=1), 1.0, atol=1e-12)
     # Rebuild one fold by hand: its rows come from a model fitted on the other folds only.
@@ -217,3 +217,32 @@ def test_pooled_meta_model_fits_few_rows_and_round_trips(tmp_path: Path) -> None
     np.testing.assert_array_equal(
         load_meta_model(path).predict_proba(X[:10]), pooled.predict_proba(X[:10])
     )
+
+
+def test_a_nested_pooled_model_keeps_its_base_and_fits_one_weight_per_block(
+    tmp_path: Path,
+) -> None:
+    text, image, y = two_modalities(3_000, seed=11)
+    # The text path's meta-model, its class biases fitted on every row with text; a few
+    # dozen of those rows have an image too.
+    base = PooledMetaModel().fit(text[:2_000], y[:2_000])
+    few, unseen = slice(0, 60), slice(2_000, None)
+    X = concat_blocks([text, image])
+    nested = PooledMetaModel(base=base).fit(X[few], y[few])
+
+    scale, image_weight = nested.weights_[0] / base.weights_[0], nested.weights_[1]
+    np.testing.assert_allclose(nested.bias_, scale * base.bias_, rtol=1e-12)
+    log_image = np.log(np.clip(image, 1e-6, 1.0))
+    expected = softmax(scale * np.log(base.predict_proba(text)) + image_weight * log_image, axis=1)
+    np.testing.assert_allclose(nested.predict_proba(X), expected, rtol=1e-9, atol=1e-12)
+    # Two weights where a pooled model refits 27 biases on the same 60 rows.
+    pooled = PooledMetaModel().fit(X[few], y[few])
+    nested_loss = log_loss(nested.predict_proba(X[unseen]), y[unseen])
+    assert nested_loss < log_loss(pooled.predict_proba(X[unseen]), y[unseen])
+    assert nested_loss < log_loss(base.predict_proba(text[unseen]), y[unseen])
+
+    path = tmp_path / "nested.skops"
+    nested.save(path)
+    np.testing.assert_array_equal(load_meta_model(path).predict_proba(X), nested.predict_proba(X))
+    with pytest.raises(ValueError, match="its base alone pools 1"):
+        PooledMetaModel(base=base).fit(text[few], y[few])

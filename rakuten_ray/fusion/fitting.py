@@ -183,40 +183,69 @@ class StackFit:
     has_image: np.ndarray
 
 
-def _meta_factories(C: float, structure: str, n_classes: int) -> dict[str, Callable[[], MetaModel]]:
-    factories: dict[str, Callable[[], MetaModel]] = {
-        "logistic": lambda: StackingMetaModel(C=C, n_classes=n_classes),
-        "pooled": lambda: PooledMetaModel(n_classes=n_classes),
+@dataclass(frozen=True)
+class MetaFit:
+    """A path's meta-model, fitted on every row, and its cross-fitted counterparts."""
+
+    model: MetaModel
+    #: The meta-model of each fold, fitted without the fold's rows.
+    fold_models: dict[int, MetaModel]
+    #: Every row's probabilities from its fold's meta-model.
+    out_of_fold: np.ndarray
+    #: The structure chosen and each candidate's out-of-fold scores.
+    report: dict[str, Any]
+
+
+def _meta_factories(
+    C: float, structure: str, n_classes: int, base: MetaFit | None
+) -> dict[str, Callable[[int | None], MetaModel]]:
+    """The candidate meta-models, each a factory of the model of the fold it is given (None:
+    the model of every row). ``nested`` builds on a pooled ``base`` (the text-only path's)."""
+    factories: dict[str, Callable[[int | None], MetaModel]] = {
+        "logistic": lambda fold: StackingMetaModel(C=C, n_classes=n_classes),
+        "pooled": lambda fold: PooledMetaModel(n_classes=n_classes),
     }
+    if base is not None and isinstance(base.model, PooledMetaModel):
+        factories["nested"] = lambda fold: PooledMetaModel(
+            n_classes=n_classes, base=base.model if fold is None else base.fold_models[fold]
+        )
     return factories if structure == "auto" else {structure: factories[structure]}
 
 
 def fit_meta_model(
-    fits: Sequence[ModalityFit], y_idx: np.ndarray, folds: np.ndarray, C: float, structure: str
-) -> tuple[MetaModel, np.ndarray, dict[str, Any]]:
+    fits: Sequence[ModalityFit],
+    y_idx: np.ndarray,
+    folds: np.ndarray,
+    C: float,
+    structure: str,
+    base: MetaFit | None = None,
+) -> MetaFit:
     """Fit the meta-model on the blocks of ``fits`` (all on the same rows); with ``auto``, the
     structure of lower out-of-fold loss.
 
     Out of fold, each fold's rows are scored by a meta-model fitted on the other folds' rows
-    of the blocks that fold's temperatures and weights compute (fitted without it too).
-
-    Returns:
-        The meta-model fitted on every row, its out-of-fold probabilities and a report of
-        each candidate's out-of-fold scores.
+    of the blocks that fold's temperatures and weights compute (fitted without it too); a
+    ``nested`` one builds on the ``base`` fitted without that fold.
     """
     n_classes = fits[0].probs.shape[1]
     fold_blocks = {
         int(k): [fit.fold_probs[int(k)].to_numpy() for fit in fits] for k in np.unique(folds)
     }
+    factories = _meta_factories(C, structure, n_classes, base)
     candidates = {
         name: cross_fitted_stack_probs(fold_blocks, y_idx, factory, folds)
-        for name, factory in _meta_factories(C, structure, n_classes).items()
+        for name, factory in factories.items()
     }
-    report = {name: classification_summary(oof, y_idx) for name, oof in candidates.items()}
+    report = {name: classification_summary(oof, y_idx) for name, (oof, _) in candidates.items()}
     chosen = min(report, key=lambda name: report[name]["log_loss"])
     final_blocks = concat_blocks([fit.probs.to_numpy() for fit in fits])
-    model = _meta_factories(C, chosen, n_classes)[chosen]().fit(final_blocks, y_idx)
-    return model, candidates[chosen], {"structure": chosen, "candidates": report}
+    out_of_fold, fold_models = candidates[chosen]
+    return MetaFit(
+        model=factories[chosen](None).fit(final_blocks, y_idx),
+        fold_models=fold_models,
+        out_of_fold=out_of_fold,
+        report={"structure": chosen, "candidates": report},
+    )
 
 
 def fit_stack(
@@ -236,12 +265,15 @@ def fit_stack(
     """
     all_rows = text.probs.index
     y_all = y_idx.loc[all_rows].to_numpy()
-    text_only, final, choice = fit_meta_model(
-        [text], y_all, folds.loc[all_rows].to_numpy(), params.stack_C, params.stack
+    # The text-only path has nothing to nest in: ``nested`` pools its text block.
+    text_structure = "pooled" if params.stack == "nested" else params.stack
+    text_only = fit_meta_model(
+        [text], y_all, folds.loc[all_rows].to_numpy(), params.stack_C, text_structure
     )
+    final = text_only.out_of_fold.copy()
     report: dict[str, Any] = {
         "text_only": classification_summary(final, y_all),
-        "text_only_choice": choice,
+        "text_only_choice": text_only.report,
         "text_blend": classification_summary(text.out_of_fold.to_numpy(), y_all),
     }
     with_image = None
@@ -250,22 +282,23 @@ def fit_stack(
         rows = image.probs.index
         y_img = y_idx.loc[rows].to_numpy()
         positions = all_rows.get_indexer(rows)
-        with_image, stacked, choice = fit_meta_model(
+        stack = fit_meta_model(
             [text.on_rows(rows), image], y_img, folds.loc[rows].to_numpy(), params.stack_C,
-            params.stack,
+            params.stack, base=text_only,
         )  # fmt: skip
-        report["with_image"] = classification_summary(stacked, y_img)
-        report["with_image_choice"] = choice
+        with_image = stack.model
+        report["with_image"] = classification_summary(stack.out_of_fold, y_img)
+        report["with_image_choice"] = stack.report
         report["text_only_on_image_rows"] = classification_summary(final[positions], y_img)
         report["image_blend"] = classification_summary(image.out_of_fold.to_numpy(), y_img)
-        final[positions] = stacked
+        final[positions] = stack.out_of_fold
         has_image[positions] = True
     report["final"] = classification_summary(final, y_all)
     on_test = all_rows.isin(test_rows)
     report["final_internal_test"] = classification_summary(final[on_test], y_all[on_test])
     return StackFit(
         with_image=with_image,
-        text_only=text_only,
+        text_only=text_only.model,
         report=report,
         heldout_probs=pd.DataFrame(final, index=all_rows),
         has_image=has_image,

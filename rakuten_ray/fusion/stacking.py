@@ -185,6 +185,34 @@ class StackingMetaModel(ClassifierMixin, BaseEstimator):
         save_sklearn(self, path)
 
 
+def _fit_log_linear(
+    logs: np.ndarray, labels: np.ndarray, n_classes: int, l2: float, with_bias: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood ``softmax(sum_b w_b logs[:, b] + c)`` on ``(n, blocks, classes)``
+    log-scores: one weight per block and, ``with_bias``, one bias per class (ridge ``l2``),
+    else no bias. A convex problem, solved with L-BFGS."""
+    n, blocks, _ = logs.shape
+    onehot = np.eye(n_classes)[labels]
+    size = blocks + (n_classes if with_bias else 0)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weights, bias = theta[:blocks], theta[blocks:]
+        scores = np.einsum("nbk,b->nk", logs, weights)
+        if with_bias:
+            scores = scores + bias
+        log_probs = log_softmax(scores, axis=1)
+        loss = -log_probs[np.arange(n), labels].mean() + l2 * bias @ bias
+        residual = (np.exp(log_probs) - onehot) / n
+        grad_w = np.einsum("nbk,nk->b", logs, residual)
+        grad_b = residual.sum(axis=0) + 2 * l2 * bias if with_bias else np.empty(0)
+        return float(loss), np.concatenate([grad_w, grad_b])
+
+    start = np.zeros(size)
+    start[:blocks] = 1.0 / blocks
+    theta = minimize(objective, start, jac=True, method="L-BFGS-B").x
+    return theta[:blocks], theta[blocks:] if with_bias else np.zeros(n_classes)
+
+
 class PooledMetaModel(ClassifierMixin, BaseEstimator):
     """Log-linear pooling of probability blocks: ``softmax(sum_b w_b log P_b + c)``.
 
@@ -192,21 +220,31 @@ class PooledMetaModel(ClassifierMixin, BaseEstimator):
     ``27 x 55`` for the full logistic regression: the meta-model to use when the rows it is
     fitted on are few (a sample, or the rows with images of a small catalogue).
 
+    With a fitted ``base`` (a pooled meta-model of the leading blocks, such as the text-only
+    meta-model fitted on every row with text), the class biases are not fitted again: the
+    model pools the base's scores with the remaining blocks, one weight each, and no bias.
+    Rows with images are then left two weights to fit, not 29: on a few dozen such rows
+    refitting 27 biases costs more than the image adds.
+
     Args:
         l2: ridge penalty on the class biases, so that a class absent from the training rows
             keeps a finite bias.
         n_classes: number of classes, i.e. columns per block and output columns.
+        base: a fitted pooled meta-model of the first ``len(base.weights_)`` blocks.
 
     Attributes:
-        weights_: one weight per block.
-        bias_: one bias per class.
+        weights_: one weight per block (the base's, scaled by the weight of its scores).
+        bias_: one bias per class (with a base: its biases, scaled the same way).
         classes_: ``arange(n_classes)``.
         n_features_in_: number of input columns.
     """
 
-    def __init__(self, l2: float = 1e-3, n_classes: int = NUM_CLASSES) -> None:
+    def __init__(
+        self, l2: float = 1e-3, n_classes: int = NUM_CLASSES, base: PooledMetaModel | None = None
+    ) -> None:
         self.l2 = l2
         self.n_classes = n_classes
+        self.base = base
 
     def _log_blocks(self, X: np.ndarray) -> np.ndarray:
         probs = _check_probability_block(X, "X")
@@ -218,28 +256,31 @@ class PooledMetaModel(ClassifierMixin, BaseEstimator):
         return np.log(np.clip(probs, LOG_FEATURE_FLOOR, 1.0)).reshape(-1, blocks, self.n_classes)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> PooledMetaModel:
-        """Maximum-likelihood weights and biases (a convex problem, solved with L-BFGS)."""
+        """Maximum-likelihood weights (and biases, without a base).
+
+        Raises:
+            ValueError: with a base, no block beyond the base's.
+        """
         logs = self._log_blocks(X)
         labels = check_labels(y, logs.shape[0], self.n_classes)
-        n, blocks, _ = logs.shape
-        onehot = np.eye(self.n_classes)[labels]
-
-        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            weights, bias = theta[:blocks], theta[blocks:]
-            scores = np.einsum("nbk,b->nk", logs, weights) + bias
-            log_probs = log_softmax(scores, axis=1)
-            loss = -log_probs[np.arange(n), labels].mean() + self.l2 * bias @ bias
-            residual = (np.exp(log_probs) - onehot) / n
-            grad_w = np.einsum("nbk,nk->b", logs, residual)
-            grad_b = residual.sum(axis=0) + 2 * self.l2 * bias
-            return float(loss), np.concatenate([grad_w, grad_b])
-
-        start = np.concatenate([np.full(blocks, 1.0 / blocks), np.zeros(self.n_classes)])
-        result = minimize(objective, start, jac=True, method="L-BFGS-B")
-        self.weights_ = result.x[:blocks]
-        self.bias_ = result.x[blocks:]
+        if self.base is None:
+            self.weights_, self.bias_ = _fit_log_linear(
+                logs, labels, self.n_classes, self.l2, with_bias=True
+            )
+        else:
+            inner = len(self.base.weights_)
+            if logs.shape[1] <= inner:
+                raise ValueError(f"X has {logs.shape[1]} block(s); its base alone pools {inner}")
+            base_scores = np.einsum("nbk,b->nk", logs[:, :inner], self.base.weights_)
+            features = np.concatenate(
+                [(base_scores + self.base.bias_)[:, None], logs[:, inner:]], axis=1
+            )
+            weights, _ = _fit_log_linear(features, labels, self.n_classes, 0.0, with_bias=False)
+            # softmax(a (sum w_b log P_b + c) + ...) is a pooled model with weights a w_b.
+            self.weights_ = np.concatenate([weights[0] * self.base.weights_, weights[1:]])
+            self.bias_ = weights[0] * self.base.bias_
         self.classes_ = np.arange(self.n_classes)
-        self.n_features_in_ = blocks * self.n_classes
+        self.n_features_in_ = logs.shape[1] * self.n_classes
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -321,9 +362,9 @@ def cross_fit_folds(y_idx: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.
 def cross_fitted_stack_probs(
     fold_blocks: Mapping[int, Sequence[np.ndarray]],
     y_idx: np.ndarray,
-    make_model: Callable[[], MetaModel],
+    make_model: Callable[[int], MetaModel],
     folds: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, dict[int, MetaModel]]:
     """Out-of-fold meta-model probabilities: an honest estimate of the stack's quality.
 
     Each fold is predicted by a meta-model fitted on the other folds only.
@@ -334,16 +375,18 @@ def cross_fitted_stack_probs(
             fold's rows); the same blocks for every fold when nothing upstream was fitted on
             these rows.
         y_idx: true class indices.
-        make_model: builds an unfitted meta-model (one per fold).
+        make_model: builds the unfitted meta-model of the fold it is given.
         folds: (rows,) fold id of every row (:func:`cross_fit_folds`).
 
     Returns:
-        (rows, classes) out-of-fold probabilities.
+        (rows, classes) out-of-fold probabilities, and the meta-model of each fold (fitted
+        without it).
     """
     folds = np.asarray(folds)
     if len(np.unique(folds)) < 2:
         raise ValueError(f"cross-fitting needs rows in at least two folds, got {len(folds)} row(s)")
     out: np.ndarray | None = None
+    models: dict[int, MetaModel] = {}
     for fold in np.unique(folds):
         X = concat_blocks(fold_blocks[int(fold)])
         n_classes = np.asarray(fold_blocks[int(fold)][0]).shape[1]
@@ -351,9 +394,9 @@ def cross_fitted_stack_probs(
         if len(folds) != X.shape[0]:
             raise ValueError(f"{len(folds)} fold ids for {X.shape[0]} rows")
         held_out = folds == fold
-        model = make_model().fit(X[~held_out], labels[~held_out])
+        model = models[int(fold)] = make_model(int(fold)).fit(X[~held_out], labels[~held_out])
         if out is None:
             out = np.empty((X.shape[0], n_classes))
         out[held_out] = model.predict_proba(X[held_out])
     assert out is not None  # two folds at least
-    return out
+    return out, models
