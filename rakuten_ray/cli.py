@@ -302,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=_cmd_audit)
 
     demo = commands.add_parser("demo", help="run the main job on the embedded default")
-    demo.add_argument("--workdir", type=Path, default=Path("demo_run"), help="working folder")
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo_run"),
+        help="working folder (each demo replaces what an earlier one wrote there)",
+    )
     # Sized so that the whole demo trains and scores in minutes on 2 CPU cores.
     demo.add_argument("--rows", type=int, default=2000, help="labelled demo rows")
     demo.add_argument("--test-rows", type=int, default=500, help="demo rows to score")

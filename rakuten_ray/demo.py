@@ -8,6 +8,7 @@ report.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def run_demo(
         ensure_ray()
     models = len(config.models())
     with clock.phase(f"train (splits, {models} base models, fusion, refit, export, bundle)"):
+        # Each demo trains anew: an earlier demo's run, Ray Train checkpoints included, goes.
+        shutil.rmtree(run.root, ignore_errors=True)
         report = run_training(config, data, run.root, log=lambda line: print(f"  {line}"))
     with clock.phase("score the demo test rows (Ray Data engine)"):
         summary = run_scoring(

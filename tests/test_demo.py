@@ -41,11 +41,16 @@ SMALL = [
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture, ray_local) -> None:
     workdir = tmp_path / "demo"
+    run = RunLayout(workdir / "run")
+    # An earlier demo's Ray Train folder: training anew must not continue from it.
+    earlier = run.root / "base_models" / "e5_small" / "ray_train" / "e5_small"
+    earlier.mkdir(parents=True)
+    (earlier / "earlier_demo.txt").write_text("")
     argv = ["demo", "--workdir", str(workdir), "--rows", "300", "--test-rows", str(TEST_ROWS)]
     assert main([*argv, *(f"--set={item}" for item in SMALL)]) == 0
     printed = capsys.readouterr().out
+    assert not (earlier / "earlier_demo.txt").exists()
 
-    run = RunLayout(workdir / "run")
     bundle = load_bundle(run.bundle.root)  # every file hashed against the manifest
     names = [e.name for e in [*bundle.fusion.text_models, *bundle.fusion.image_models]]
     assert names == ["tfidf_svm", "e5_small", "effnet_lite0"]

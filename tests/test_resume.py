@@ -155,3 +155,17 @@ def test_resume_needs_a_run_to_continue(small_config: Path, tiny_catalogue: Path
                                         capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     assert main(train_args(small_config, tiny_catalogue, tmp_path / "none", "--resume")) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_a_new_run_refuses_an_old_runs_folder(small_config: Path, tiny_catalogue: Path,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """Ray Train finds checkpoints by folder: a new run there would continue the old one's."""
+    from rakuten_ray.catalog import SchemaError
+    from rakuten_ray.config import load_config
+    from rakuten_ray.training.protocol import run_training
+
+    old = tmp_path / "run" / "base_models" / "m" / "ray_train" / "m" / "checkpoint_1"
+    old.mkdir(parents=True)
+    with pytest.raises(SchemaError, match="a new run needs an empty folder"):
+        run_training(load_config(small_config), tiny_catalogue, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["base_models"]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from rakuten_ray.bundle import FusionState, ModelEntry, seal_bundle
-from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, codes_to_indices
+from rakuten_ray.catalog import CLASS_CODES, LABEL_COLUMN, SchemaError, codes_to_indices
 from rakuten_ray.config import RunConfig
 from rakuten_ray.fusion.fitting import (
     ModalityFit,
@@ -438,13 +438,21 @@ def run_training(
     the report also written to ``RUN/metrics.json``.
 
     With ``resume``, continue the interrupted run in ``out_dir``: base models it finished
-    are reused, an interrupted Ray Train run continues from its latest checkpoint.
+    are reused, an interrupted Ray Train run continues from its latest checkpoint. Without
+    it, ``out_dir`` must be empty or absent: a Ray Train run finds its checkpoints by folder,
+    so a new run in an old run's folder would quietly continue the old run's training.
 
     Raises:
-        SchemaError: the data is malformed (raised before any training).
+        SchemaError: the data is malformed, or ``out_dir`` holds files and ``resume`` is off
+            (raised before any training).
         ResumeError: ``resume`` and ``out_dir`` holds no run of this config and data.
     """
     layout = RunLayout(Path(out_dir))
+    if not resume and layout.root.is_dir() and any(layout.root.iterdir()):
+        raise SchemaError(
+            f"{layout.root}: a new run needs an empty folder (resume=True continues the run "
+            f"there; remove the folder to start again)"
+        )
     timer = PhaseClock(log, label="phase ")
     if not isinstance(data, TrainingData):
         data = load_training_data(data)
