@@ -80,10 +80,11 @@ class DeepTask(ABC):
         return ()
 
     def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        """What the linear head reads for a batch (``head_fit: probe`` fits the head on it)."""
+        """What the linear head reads for a batch (``head_fit: probe`` fits the head on it);
+        ``model`` is unwrapped from DistributedDataParallel."""
         raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")
 
     def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
-        """The linear head that :meth:`features` feed."""
+        """The linear head that :meth:`features` feed, in the unwrapped ``model``."""
         raise NotImplementedError(f"{type(self).__name__} does not fit a probe head")
 

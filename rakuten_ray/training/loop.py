@@ -246,16 +246,19 @@ def _fit_probe_head(
     DDP replicas cannot drift apart by a rounding difference. The validation logits come from
     the features already computed (the head is linear on them), not from another forward pass.
     """
+    # The features and the head are read on the unwrapped model: DistributedDataParallel
+    # only exposes ``forward``.
+    network = _network(run.model)
     features, every_val_row = {}, np.empty(0)
     for part, dataset in (("train", run.loader.dataset), ("val", task.dataset(val_table))):
         values, usable = predict_rows(
-            task, run.model, dataset, params.eval_batch_size, device, autocast, task.features
+            task, network, dataset, params.eval_batch_size, device, autocast, task.features
         )
         labels = np.array([label for _, label in dataset.rows], dtype=np.int64)
         features[part] = (values[usable], labels[usable])
         every_val_row = values  # the last part: rows with a blank image are validated too
     head = fit_probe_head(*features["train"], *features["val"], NUM_CLASSES)
-    layer = task.head_layer(run.model)
+    layer = task.head_layer(network)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(head.weight))
         layer.bias.copy_(torch.from_numpy(head.bias))

@@ -122,11 +122,10 @@ class TextTask(DeepTask):
         return tuple(f"network.{name}" for name in TEXT_HEADS if hasattr(network, name))
 
     def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        # The unwrapped classifier: DistributedDataParallel only exposes ``forward``.
-        return getattr(model, "module", model).pooled(**inputs)
+        return model.pooled(**inputs)
 
     def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
-        return getattr(model, "module", model).network.classifier
+        return model.network.classifier
 
     def fixed_names(self, model: torch.nn.Module) -> tuple[str, ...]:
         if not self.spec.freeze_embeddings:

@@ -126,12 +126,10 @@ class ImageTask(DeepTask):
         return (heads,) if isinstance(heads, str) else tuple(heads)
 
     def features(self, model: torch.nn.Module, inputs: Any) -> torch.Tensor:
-        # The unwrapped network: DistributedDataParallel only exposes ``forward``.
-        network = getattr(model, "module", model)
-        return network.forward_head(network.forward_features(inputs), pre_logits=True)
+        return model.forward_head(model.forward_features(inputs), pre_logits=True)
 
     def head_layer(self, model: torch.nn.Module) -> torch.nn.Linear:
-        return getattr(model, "module", model).get_classifier()
+        return model.get_classifier()
 
 
 class TimmImageKind(DeepKind):
